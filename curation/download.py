@@ -1,0 +1,66 @@
+"""Download the kept URLs with img2dataset: resumable by shard, resized on the way in.
+
+img2dataset marks a shard finished by writing `<shard>_stats.json`; `incremental` mode skips those on a
+re-run, so a killed download loses only the shards that were in flight. It also honours X-Robots-Tag
+opt-outs (noai, noimageai, ...) by default: that is the site owner's consent, and we keep it.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+from dataclasses import dataclass
+
+from lumos.schemas import web
+
+
+@dataclass(frozen=True)
+class DownloadConfig:
+    image_size: int = 512  # short side after resize; downscale only, aspect kept, no crop, no padding
+    workers: int = 4  # img2dataset processes (multiprocessing) or Ray tasks at a time (ray)
+    threads: int = 32  # concurrent HTTP requests per process
+    shard_size: int = 10_000  # images per shard: the unit of resume
+    timeout: int = 10  # seconds per request
+    retries: int = 0
+
+
+def download(kept_dir: str, output_dir: str, config: DownloadConfig, distributor: str) -> list[str]:
+    """Download every URL in `kept_dir`'s parquet files; returns the finished shard files."""
+    from img2dataset import download as img2dataset_download
+
+    img2dataset_download(
+        url_list=kept_dir,
+        input_format="parquet",
+        url_col=web.KEPT_URL,
+        save_additional_columns=[web.KEPT_ID, *web.KEPT_COLUMNS.values()],
+        output_folder=output_dir,
+        output_format="parquet",
+        encode_format="jpg",
+        encode_quality=95,
+        image_size=config.image_size,
+        resize_mode="keep_ratio",
+        resize_only_if_bigger=True,
+        min_image_size=0,  # we check the real size ourselves, to count it under its own reason
+        processes_count=config.workers,
+        thread_count=config.threads,
+        number_sample_per_shard=config.shard_size,
+        timeout=config.timeout,
+        retries=config.retries,
+        compute_hash="sha256",  # of the bytes as downloaded, before resizing
+        extract_exif=False,
+        distributor=distributor,
+        incremental_mode="incremental",
+        enable_wandb=False,
+    )
+    return finished_shards(output_dir)
+
+
+def finished_shards(output_dir: str) -> list[str]:
+    """Shard files whose `_stats.json` exists: img2dataset writes it only after the shard is complete."""
+    shards = []
+    for stats in sorted(glob.glob(os.path.join(output_dir, "*_stats.json"))):
+        shard = os.path.basename(stats)[: -len("_stats.json")]
+        path = os.path.join(output_dir, f"{shard}.parquet")
+        if os.path.exists(path):
+            shards.append(path)
+    return shards

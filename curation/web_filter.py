@@ -1,0 +1,150 @@
+"""Filter web metadata (LAION, COYO) by size, aesthetic, watermark and safety scores with Ray Data.
+
+Ray reads the parquet files, runs `FilterBatch` on each block in parallel and writes what it keeps
+together with one tally row per drop reason; the driver then drops repeated URLs and writes the kept
+rows as the download list.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections import Counter
+from dataclasses import dataclass
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from lumos.curation.filters import Filter, MinSide, NonEmpty, Threshold, apply_filters
+from lumos.schemas import web
+from lumos.schemas.images import make_id
+
+KEPT_FILE_ROWS = 1_000_000  # img2dataset reads each input file whole: keep them small enough for that
+
+
+@dataclass(frozen=True)
+class WebFilterConfig:
+    """Thresholds of one filter job; a None threshold is not applied."""
+
+    source: str
+    min_size: int
+    min_aesthetic: float | None
+    max_watermark: float | None
+    max_unsafe: float | None
+
+    def filters(self) -> list[Filter]:
+        out: list[Filter] = [NonEmpty(web.URL), MinSide(web.WIDTH, web.HEIGHT, self.min_size)]
+        if self.min_aesthetic is not None:
+            out.append(Threshold(web.AESTHETIC, self.min_aesthetic, at_least=True))
+        if self.max_watermark is not None:
+            out.append(Threshold(web.WATERMARK, self.max_watermark, at_least=False))
+        if self.max_unsafe is not None:
+            out.append(Threshold(web.UNSAFE, self.max_unsafe, at_least=False))
+        return out
+
+
+def normalise(batch: pa.Table, columns: web.ColumnMap) -> pa.Table:
+    """Rename a source's columns to the logical fields; a field the file lacks becomes all NULL."""
+    arrays = {}
+    for field in web.LOGICAL_FIELDS:
+        name = columns.physical.get(field)
+        arrays[field] = batch[name] if name is not None else pa.nulls(len(batch))
+    return pa.table(arrays)
+
+
+@dataclass
+class FilterBatch:
+    """Ray Data stage: metadata block in, kept rows plus one tally row per drop reason out."""
+
+    columns: web.ColumnMap
+    config: WebFilterConfig
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        kept, dropped = apply_filters(normalise(batch, self.columns), self.config.filters())
+        urls = kept[web.URL].cast(pa.string())
+        kept_rows = pa.table(
+            {
+                web.KEPT_URL: urls,
+                web.KEPT_ID: pa.array([make_id(self.config.source, u) for u in urls.to_pylist()], pa.string()),
+                **{web.KEPT_COLUMNS[f]: kept[f] for f in web.KEPT_COLUMNS},
+                web.DROP_REASON: pa.nulls(len(kept), pa.string()),
+                web.DROP_COUNT: pa.nulls(len(kept), pa.int64()),
+            }
+        ).cast(web.FILTERED_SCHEMA)
+        tallies = pa.Table.from_pylist(
+            [{web.DROP_REASON: reason, web.DROP_COUNT: count} for reason, count in sorted(dropped.items())],
+            schema=web.FILTERED_SCHEMA,
+        )
+        return pa.concat_tables([kept_rows, tallies])
+
+
+@dataclass
+class FilterResult:
+    rows: int
+    kept: int
+    dropped: Counter
+
+
+def run_filter(files: list[str], columns: web.ColumnMap, config: WebFilterConfig, work_dir: str,
+               kept_dir: str) -> FilterResult:
+    """Filter `files` with Ray Data into parquet files under `kept_dir`; returns the counts."""
+    import ray
+
+    blocks_dir = os.path.join(work_dir, "filtered")
+    shutil.rmtree(blocks_dir, ignore_errors=True)
+    ds = ray.data.read_parquet(files, columns=columns.columns)
+    ds = ds.map_batches(FilterBatch(columns, config), batch_format="pyarrow", batch_size=None)
+    ds.write_parquet(blocks_dir)
+    result = write_kept(sorted_parquet_files(blocks_dir), kept_dir)
+    shutil.rmtree(blocks_dir, ignore_errors=True)
+    return result
+
+
+def sorted_parquet_files(folder: str) -> list[str]:
+    return sorted(os.path.join(folder, n) for n in os.listdir(folder) if n.endswith(".parquet"))
+
+
+def write_kept(filtered_files: list[str], kept_dir: str) -> FilterResult:
+    """Sum the tallies, drop repeated URLs (the first in file order stays), write the kept rows."""
+    dropped: Counter = Counter()
+    chunks = []
+    for path in filtered_files:
+        t = pq.read_table(path, columns=[web.KEPT_ID, web.DROP_REASON, web.DROP_COUNT])
+        tally = t.filter(pc.is_valid(t[web.DROP_REASON]))
+        for reason, count in zip(tally[web.DROP_REASON].to_pylist(), tally[web.DROP_COUNT].to_pylist()):
+            dropped[reason] += count
+        chunks.extend(t.filter(pc.is_null(t[web.DROP_REASON]))[web.KEPT_ID].chunks)
+    ids = pa.chunked_array(chunks, pa.string())
+    first = _first_occurrences(ids)
+    rows = len(ids) + sum(dropped.values())
+    if len(ids) > len(first):
+        dropped["duplicate_url"] += len(ids) - len(first)
+
+    os.makedirs(kept_dir, exist_ok=True)
+    keep = pc.is_in(pa.array(range(len(ids)), pa.int64()), first).to_numpy(zero_copy_only=False)
+    writer, files_written, file_rows, offset = None, 0, 0, 0
+    for path in filtered_files:
+        t = pq.read_table(path)
+        t = t.filter(pc.is_null(t[web.DROP_REASON])).select(web.KEPT_SCHEMA.names)
+        n = t.num_rows
+        t = t.filter(pa.array(keep[offset : offset + n]))
+        offset += n
+        if writer is None or file_rows >= KEPT_FILE_ROWS:
+            if writer is not None:
+                writer.close()
+            name = os.path.join(kept_dir, f"part-{files_written:05d}.parquet")
+            writer, files_written, file_rows = pq.ParquetWriter(name, web.KEPT_SCHEMA), files_written + 1, 0
+        writer.write_table(t)
+        file_rows += t.num_rows
+    if writer is not None:
+        writer.close()
+    return FilterResult(rows=rows, kept=len(first), dropped=dropped)
+
+
+def _first_occurrences(ids: pa.ChunkedArray) -> pa.Array:
+    """Positions of the first row of each distinct id."""
+    if len(ids) == 0:
+        return pa.array([], pa.int64())
+    t = pa.table({"id": ids, "pos": pa.array(range(len(ids)), pa.int64())})
+    return t.group_by("id", use_threads=False).aggregate([("pos", "min")])["pos_min"].combine_chunks()

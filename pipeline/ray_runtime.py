@@ -1,0 +1,34 @@
+"""One place that starts Ray: embedded on this machine, or joining the cluster named by RAY_ADDRESS."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+
+def init_ray(num_cpus: int | None = None) -> None:
+    """Start (or join) Ray once per process; later calls are no-ops.
+
+    With no RAY_ADDRESS, Ray starts embedded with `num_cpus` workers (all cores when None); with one set,
+    this process joins that cluster and `num_cpus` is ignored.
+    """
+    import ray
+    from ray.data import DataContext
+
+    if ray.is_initialized():
+        return
+    address = os.environ.get("RAY_ADDRESS") or None
+    ray.init(
+        address=address,
+        num_cpus=None if address else num_cpus,
+        include_dashboard=False,
+        logging_level=logging.WARNING,
+        log_to_driver=True,
+    )
+    ctx = DataContext.get_current()
+    # Our blocks are Arrow tables; keep them so (no pandas round trip) and fail loudly on a bad block.
+    ctx.max_errored_blocks = 0
+
+
+def on_cluster() -> bool:
+    return bool(os.environ.get("RAY_ADDRESS"))
