@@ -16,6 +16,7 @@ os.environ.setdefault("LANCE_LOG", "error")
 
 from lumos.curation.download import DownloadConfig  # noqa: E402
 from lumos.curation.errors import UserError  # noqa: E402
+from lumos.curation.sample import DEFAULT_PORT  # noqa: E402
 
 app = typer.Typer(
     add_completion=False,
@@ -88,16 +89,17 @@ app.command("coyo")(_web_command("coyo", "COYO-700M columns"))
 @app.command("sample")
 def sample(
     output: str = typer.Option("demo-out", "--output", help="Folder for the sample's metadata and results."),
-    port: int = typer.Option(0, help="Port of the local image server on 127.0.0.1 (0: any free port)."),
+    port: int = typer.Option(DEFAULT_PORT, help="Port of the local image server on 127.0.0.1; a fixed port "
+                             "keeps the sample's URLs, and so its image ids, the same from run to run."),
     workers: int = typer.Option(2, help="Download processes."),
 ):
     """Run `laion` on the built-in sample: LAION-shaped metadata and images served on 127.0.0.1."""
     from lumos.curation.sample import sample_rows, sample_routes, serve, write_sample_metadata
 
     rows = sample_rows()
-    with serve(sample_routes(rows), port=port) as base_url:
-        metadata = write_sample_metadata(rows, base_url, os.path.join(output, "metadata"))
-        err_console.print(f"sample: {len(rows)} LAION-shaped rows, images served at {base_url}")
+    with serve(sample_routes(rows), port=port) as served:
+        metadata = write_sample_metadata(rows, served.base_url, os.path.join(output, "metadata"))
+        err_console.print(f"sample: {len(rows)} LAION-shaped rows, images served at {served.base_url}")
         _run_web("laion", metadata, os.path.join(output, "curated"), 5.0, 512, None, None, 512, False,
                  workers, 16, 10)
 

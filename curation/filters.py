@@ -73,7 +73,7 @@ class NonEmpty(Filter):
     field: str
 
     def drop_reasons(self, table: pa.Table) -> pa.Array:
-        values = table[self.field].combine_chunks()
+        values = table[self.field].combine_chunks().cast(pa.string())
         empty = pc.or_kleene(pc.is_null(values), pc.equal(pc.utf8_length(values), 0)).fill_null(True)
         return _reasons([(empty, f"{self.field}_missing")], len(table))
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 import io
 import os
 import threading
+import time
+from collections import Counter
 from contextlib import contextmanager
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -26,15 +28,23 @@ class Route:
     body: bytes
     content_type: str = "image/jpeg"
     status: int = 200
+    headers: tuple[tuple[str, str], ...] = ()
 
 
 class _Handler(BaseHTTPRequestHandler):
     routes: dict[str, Route] = {}
+    hits: Counter
+    delay: float = 0.0
 
     def do_GET(self):  # noqa: N802 - the http.server API
+        self.hits[self.path] += 1
+        if self.delay:
+            time.sleep(self.delay)
         route = self.routes.get(self.path, Route(b"not found", "text/plain", 404))
         self.send_response(route.status)
         self.send_header("Content-Type", route.content_type)
+        for name, value in route.headers:
+            self.send_header(name, value)
         self.send_header("Content-Length", str(len(route.body)))
         self.end_headers()
         self.wfile.write(route.body)
@@ -43,15 +53,27 @@ class _Handler(BaseHTTPRequestHandler):
         pass
 
 
+@dataclass
+class Served:
+    base_url: str
+    hits: Counter  # requests per path, for tests that check what was (not) fetched again
+
+
 @contextmanager
-def serve(routes: dict[str, Route], port: int = 0):
-    """Serve `routes` ({"/path": Route}) on 127.0.0.1; yields the base URL. port 0 picks a free one."""
-    handler = type("Handler", (_Handler,), {"routes": dict(routes)})
-    server = ThreadingHTTPServer(("127.0.0.1", port), handler)
+def serve(routes: dict[str, Route], port: int = 0, delay: float = 0.0):
+    """Serve `routes` ({"/path": Route}) on 127.0.0.1, waiting `delay` seconds before each answer.
+
+    Yields a `Served`; port 0 picks a free port, and a busy fixed port falls back to a free one.
+    """
+    handler = type("Handler", (_Handler,), {"routes": dict(routes), "hits": Counter(), "delay": delay})
+    try:
+        server = ThreadingHTTPServer(("127.0.0.1", port), handler)
+    except OSError:
+        server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
+        yield Served(f"http://127.0.0.1:{server.server_address[1]}", handler.hits)
     finally:
         server.shutdown()
         server.server_close()

@@ -1,0 +1,70 @@
+"""End to end through real Ray, img2dataset and Lance: `lumos-curate laion|coyo` on every edge case."""
+
+import hashlib
+import io
+import json
+from collections import Counter
+
+import lance
+import pytest
+from PIL import Image
+from rich.progress import Progress
+from web_cases import CASES, VARIANTS, case_url, routes, write_metadata
+
+from lumos.curation.download import DownloadConfig
+from lumos.curation.web_job import WebJob, run_web_job
+from lumos.schemas import images as cols
+
+
+def _run(tmp_path, variant, base_url, **kw):
+    source = VARIANTS[variant][0]
+    metadata = write_metadata(str(tmp_path / f"{variant}.parquet"), variant, base_url)
+    job = WebJob(source=source, input=metadata, output=str(tmp_path / "out"),
+                 download_config=DownloadConfig(workers=1, threads=8, shard_size=8), **kw)
+    return job, run_web_job(job, Progress(disable=True), say=lambda *_: None)
+
+
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+def test_web_job_keeps_exactly_the_good_rows(tmp_path, ray_session, served, variant):
+    job, stats = _run(tmp_path, variant, served.base_url)
+    source = VARIANTS[variant][0]
+    expected_kept = {case_url(served.base_url, c) for c in CASES if c.expect is None}
+    expected_dropped = Counter(c.expect for c in CASES if c.expect is not None)
+
+    assert stats["rows"] == len(CASES)
+    assert stats["kept"] == len(expected_kept)
+    assert stats["dropped"] == dict(expected_dropped)
+    assert stats["rows"] == stats["kept"] + sum(stats["dropped"].values())
+    with open(tmp_path / "out" / "stats.json") as f:
+        assert json.load(f) == stats
+
+    ds = lance.dataset(str(tmp_path / "out" / "images.lance"))
+    cols.validate(ds.schema)
+    table = ds.to_table(columns=[c for c in cols.IMAGES_SCHEMA.names if c != cols.IMAGE])
+    rows = table.to_pylist()
+    assert {r[cols.KEY] for r in rows} == expected_kept
+    assert len({r[cols.ID] for r in rows}) == len(rows)
+    served_bytes = routes()
+    by_url = {case_url(served.base_url, c): c for c in CASES if c.expect is None}
+    blobs = ds.take_blobs(cols.IMAGE, indices=list(range(len(rows))))
+    for row, blob in zip(rows, blobs):
+        case = by_url[row[cols.KEY]]
+        assert row[cols.ID] == cols.make_id(source, row[cols.URL])
+        assert row[cols.SOURCE] == source
+        assert row[cols.CAPTION] == case.caption
+        assert row[cols.AESTHETIC] == pytest.approx(case.aesthetic)
+        # the hash is of the bytes the server sent, before any resize
+        assert row[cols.SHA256] == hashlib.sha256(served_bytes[f"/{case.name}"].body).hexdigest()
+        im = Image.open(io.BytesIO(blob.read()))
+        assert im.mode == "RGB", case.name
+        assert min(im.size) == 512, (case.name, im.size)
+        assert im.size == (row[cols.WIDTH], row[cols.HEIGHT])
+        ow, oh = row[cols.ORIGINAL_WIDTH], row[cols.ORIGINAL_HEIGHT]
+        assert abs(im.size[0] / im.size[1] - ow / oh) < 0.01  # aspect kept: no crop, no padding
+    assert job.download_config.image_size == 512
+
+    # a finished job run again is a no-op: same stats, no new table version
+    version = ds.version
+    _, again = _run(tmp_path, variant, served.base_url)
+    assert again == stats
+    assert lance.dataset(str(tmp_path / "out" / "images.lance")).version == version
