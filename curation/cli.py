@@ -33,14 +33,14 @@ def _progress() -> Progress:
 
 def _run_web(source: str, input: str, output: str, min_aesthetic: float, min_size: int,
              max_watermark: Optional[float], max_unsafe: Optional[float], image_size: int, no_download: bool,
-             workers: Optional[int], shard_size: int, timeout: int) -> None:
+             workers: Optional[int], threads: int, shard_size: int, timeout: int) -> None:
     from lumos.curation.web_job import WebJob, run_web_job, summary
 
     job = WebJob(
         source=source, input=input, output=output, min_size=min_size, min_aesthetic=min_aesthetic,
         max_watermark=max_watermark, max_unsafe=max_unsafe, download=not no_download,
         download_config=DownloadConfig(image_size=image_size, workers=workers or os.cpu_count() or 1,
-                                       shard_size=shard_size, timeout=timeout),
+                                       threads=threads, shard_size=shard_size, timeout=timeout),
     )
     try:
         with _progress() as progress:
@@ -69,11 +69,12 @@ def _web_command(source: str, variants: str):
                                        "(downscale only, aspect kept, no crop, no padding)."),
         no_download: bool = typer.Option(False, "--no-download", help="Only filter: write kept/ and stats.json."),
         workers: Optional[int] = typer.Option(None, help="Download processes (default: the number of cores)."),
+        threads: int = typer.Option(32, help="Concurrent image requests per download process."),
         shard_size: int = typer.Option(10_000, help="Images per download shard, the unit of resume."),
         timeout: int = typer.Option(10, help="Seconds to wait for each image request."),
     ):
         _run_web(source, input, output, min_aesthetic, min_size, max_watermark, max_unsafe, image_size,
-                 no_download, workers, shard_size, timeout)
+                 no_download, workers, threads, shard_size, timeout)
 
     command.__doc__ = (
         f"Filter {source} metadata with Ray Data, download the kept images with img2dataset, write "
@@ -91,7 +92,7 @@ def sample(
     output: str = typer.Option("demo-out", "--output", help="Folder for the sample's metadata and results."),
     port: int = typer.Option(DEFAULT_PORT, help="Port of the local image server on 127.0.0.1; a fixed port "
                              "keeps the sample's URLs, and so its image ids, the same from run to run."),
-    workers: int = typer.Option(2, help="Download processes."),
+    workers: int = typer.Option(2, help="Download processes for the sample's images."),
 ):
     """Run `laion` on the built-in sample: LAION-shaped metadata and images served on 127.0.0.1."""
     from lumos.curation.sample import sample_rows, sample_routes, serve, write_sample_metadata
@@ -101,7 +102,7 @@ def sample(
         metadata = write_sample_metadata(rows, served.base_url, os.path.join(output, "metadata"))
         err_console.print(f"sample: {len(rows)} LAION-shaped rows, images served at {served.base_url}")
         _run_web("laion", metadata, os.path.join(output, "curated"), 5.0, 512, None, None, 512, False,
-                 workers, 16, 10)
+                 workers, 16, 16, 10)
 
 
 def main() -> None:

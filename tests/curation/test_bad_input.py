@@ -1,0 +1,113 @@
+"""A user's mistake ends the command with exit code 2 and one line on stderr: no traceback, and no
+half-written output left behind."""
+
+import os
+import subprocess
+import sys
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from rich.progress import Progress
+from web_cases import CASES, write_metadata
+
+from lumos.curation.web_job import WebJob, run_web_job
+
+
+def _curate(*args):
+    result = subprocess.run([sys.executable, "-m", "lumos.curation.cli", *args], capture_output=True, text=True,
+                            timeout=120)
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    return result.returncode, lines
+
+
+def _assert_one_line_error(code, lines, *fragments):
+    assert code == 2, lines
+    assert len(lines) == 1, lines
+    assert lines[0].startswith("error: ")
+    assert "Traceback" not in lines[0]
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+
+
+def test_missing_input(tmp_path):
+    out = tmp_path / "out"
+    code, lines = _curate("laion", "--input", str(tmp_path / "nope.parquet"), "--output", str(out))
+    _assert_one_line_error(code, lines, "does not exist", "nope.parquet")
+    assert not out.exists()
+
+
+def test_not_a_parquet_file(tmp_path):
+    bad = tmp_path / "meta.parquet"
+    bad.write_text("URL,TEXT,WIDTH,HEIGHT\nhttp://x/1.jpg,hi,800,600\n")
+    out = tmp_path / "out"
+    code, lines = _curate("laion", "--input", str(bad), "--output", str(out))
+    _assert_one_line_error(code, lines, "is not a readable parquet file")
+    assert not out.exists()
+
+
+def test_empty_parquet(tmp_path):
+    empty = tmp_path / "empty.parquet"
+    pq.write_table(pa.table({"URL": pa.array([], pa.string()), "WIDTH": pa.array([], pa.int64()),
+                             "HEIGHT": pa.array([], pa.int64())}), empty)
+    out = tmp_path / "out"
+    code, lines = _curate("laion", "--input", str(empty), "--output", str(out))
+    _assert_one_line_error(code, lines, "holds no rows")
+    assert not out.exists()
+
+
+def test_folder_without_parquet_files(tmp_path):
+    (tmp_path / "in").mkdir()
+    code, lines = _curate("coyo", "--input", str(tmp_path / "in"), "--output", str(tmp_path / "out"))
+    _assert_one_line_error(code, lines, "no .parquet file")
+
+
+def test_missing_column_is_named_with_the_columns_present(tmp_path):
+    meta = tmp_path / "coyo.parquet"
+    pq.write_table(pa.table({"url": ["http://x/1.jpg"], "text": ["a"], "height": [600]}), meta)
+    code, lines = _curate("coyo", "--input", str(meta), "--output", str(tmp_path / "out"))
+    _assert_one_line_error(code, lines, "no width column", "url, text, height")
+    assert not (tmp_path / "out").exists()
+
+
+def test_aesthetic_threshold_without_scores_says_to_score_first(tmp_path):
+    meta = tmp_path / "laion2b.parquet"
+    pq.write_table(pa.table({"URL": ["http://x/1.jpg"], "TEXT": ["a"], "WIDTH": [800], "HEIGHT": [600]}), meta)
+    code, lines = _curate("laion", "--input", str(meta), "--output", str(tmp_path / "out"))
+    _assert_one_line_error(code, lines, "no aesthetic score column", "lumos-curate score")
+    code, lines = _curate("laion", "--input", str(meta), "--output", str(tmp_path / "out"), "--min-aesthetic", "0",
+                          "--max-watermark", "0.3")
+    _assert_one_line_error(code, lines, "--max-watermark 0.3", "no such score column")
+
+
+def test_output_holding_another_job_is_refused(tmp_path, ray_session):
+    meta = write_metadata(str(tmp_path / "meta.parquet"), "laion-upper", "http://127.0.0.1:9", CASES)
+    out = tmp_path / "out"
+    run_web_job(WebJob(source="laion", input=meta, output=str(out), download=False), Progress(disable=True),
+                say=lambda *_: None)
+    before = sorted(os.listdir(out))
+    code, lines = _curate("laion", "--input", meta, "--output", str(out), "--no-download", "--min-aesthetic", "6")
+    _assert_one_line_error(code, lines, "holds a different job", "filters")
+    assert sorted(os.listdir(out)) == before
+
+    stray = tmp_path / "stray"
+    stray.mkdir()
+    (stray / "notes.txt").write_text("mine")
+    code, lines = _curate("laion", "--input", meta, "--output", str(stray), "--no-download")
+    _assert_one_line_error(code, lines, "not empty and holds no lumos-curate job")
+    assert sorted(os.listdir(stray)) == ["notes.txt"]
+
+
+@pytest.mark.parametrize("command", ["laion", "coyo", "sample"])
+def test_help_explains_every_option(command):
+    import typer
+
+    from lumos.curation.cli import app
+
+    click_command = typer.main.get_command(app).commands[command]
+    assert click_command.help
+    for param in click_command.params:
+        assert param.help and len(param.help) > 20, param.name
+    result = subprocess.run([sys.executable, "-m", "lumos.curation.cli", command, "--help"], capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode == 0 and "--output" in result.stdout
