@@ -3,6 +3,7 @@
 import hashlib
 import io
 import json
+import os
 from collections import Counter
 
 import lance
@@ -18,7 +19,12 @@ from lumos.schemas import images as cols
 
 def _run(tmp_path, variant, base_url, **kw):
     source = VARIANTS[variant][0]
-    metadata = write_metadata(str(tmp_path / f"{variant}.parquet"), variant, base_url)
+    # COYO ships as a folder of parquet files: give it two, so the several-file path of Ray is covered.
+    metadata = str(tmp_path / "meta")
+    os.makedirs(metadata, exist_ok=True)
+    halves = [CASES] if source == "laion" else [CASES[: len(CASES) // 2], CASES[len(CASES) // 2 :]]
+    for i, cases in enumerate(halves):
+        write_metadata(os.path.join(metadata, f"{variant}-{i}.parquet"), variant, base_url, cases)
     job = WebJob(source=source, input=metadata, output=str(tmp_path / "out"),
                  download_config=DownloadConfig(workers=1, threads=8, shard_size=8), **kw)
     return job, run_web_job(job, Progress(disable=True), say=lambda *_: None)
