@@ -8,7 +8,6 @@ from typing import Optional
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 # Quiet the libraries' own chatter before they load (also inherited by embedded Ray and img2dataset workers).
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
@@ -26,11 +25,6 @@ app = typer.Typer(
 err_console = Console(stderr=True)
 
 
-def _progress() -> Progress:
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                    console=err_console, transient=False)
-
-
 def _run_web(source: str, input: str, output: str, min_aesthetic: float, min_size: int,
              max_watermark: Optional[float], max_unsafe: Optional[float], image_size: int, no_download: bool,
              workers: Optional[int], threads: int, shard_size: int, timeout: int) -> None:
@@ -43,8 +37,7 @@ def _run_web(source: str, input: str, output: str, min_aesthetic: float, min_siz
                                        threads=threads, shard_size=shard_size, timeout=timeout),
     )
     try:
-        with _progress() as progress:
-            stats = run_web_job(job, progress, say=err_console.print)
+        stats = run_web_job(job, say=err_console.print)
     except UserError as err:
         err_console.print(f"[red]error:[/red] {err}", highlight=False, soft_wrap=True)
         raise typer.Exit(2) from None

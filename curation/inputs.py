@@ -12,9 +12,13 @@ from lumos.curation.errors import UserError
 
 
 def resolve_parquet_files(path: str) -> list[str]:
-    """A parquet file, a folder of them (searched recursively) or a glob; local or an object-store URI."""
+    """A parquet file, a folder of them (searched recursively) or a glob; local or an object-store URI.
+
+    Local paths come back absolute, so the job record is the same from whatever folder it is re-run.
+    """
     if "://" in path:
         return _resolve_uri(path)
+    path = os.path.abspath(path)
     if any(ch in path for ch in "*?["):
         files = sorted(p for p in glob.glob(path, recursive=True) if os.path.isfile(p))
         if not files:

@@ -7,6 +7,8 @@ rows as the download list.
 
 from __future__ import annotations
 
+import json
+import math
 import os
 import shutil
 from collections import Counter
@@ -106,7 +108,7 @@ def sorted_parquet_files(folder: str) -> list[str]:
 
 
 def write_kept(filtered_files: list[str], kept_dir: str) -> FilterResult:
-    """Sum the tallies, drop repeated URLs (the first in file order stays), write the kept rows."""
+    """Sum the tallies, keep one row per URL (`preferred`), write the kept rows as parquet files."""
     dropped: Counter = Counter()
     chunks = []
     for path in filtered_files:
@@ -116,35 +118,60 @@ def write_kept(filtered_files: list[str], kept_dir: str) -> FilterResult:
             dropped[reason] += count
         chunks.extend(t.filter(pc.is_null(t[web.DROP_REASON]))[web.KEPT_ID].chunks)
     ids = pa.chunked_array(chunks, pa.string())
-    first = _first_occurrences(ids)
+    counts = pc.value_counts(ids) if len(ids) else pa.array([], pa.struct([("values", pa.string()),
+                                                                          ("counts", pa.int64())]))
+    repeated = counts.field("values").filter(pc.greater(counts.field("counts"), 1))
     rows = len(ids) + sum(dropped.values())
-    if len(ids) > len(first):
-        dropped["duplicate_url"] += len(ids) - len(first)
 
     os.makedirs(kept_dir, exist_ok=True)
-    keep = pc.is_in(pa.array(range(len(ids)), pa.int64()), first).to_numpy(zero_copy_only=False)
-    writer, files_written, file_rows, offset = None, 0, 0, 0
-    for path in filtered_files:
-        t = pq.read_table(path)
-        t = t.filter(pc.is_null(t[web.DROP_REASON])).select(web.KEPT_SCHEMA.names)
-        n = t.num_rows
-        t = t.filter(pa.array(keep[offset : offset + n]))
-        offset += n
-        if writer is None or file_rows >= KEPT_FILE_ROWS:
-            if writer is not None:
-                writer.close()
-            name = os.path.join(kept_dir, f"part-{files_written:05d}.parquet")
-            writer, files_written, file_rows = pq.ParquetWriter(name, web.KEPT_SCHEMA), files_written + 1, 0
-        writer.write_table(t)
-        file_rows += t.num_rows
-    if writer is not None:
-        writer.close()
-    return FilterResult(rows=rows, kept=len(first), dropped=dropped)
+    candidates: dict[str, list[dict]] = {}
+    kept = 0
+    with _KeptWriter(kept_dir) as writer:
+        for path in filtered_files:
+            t = pq.read_table(path)
+            t = t.filter(pc.is_null(t[web.DROP_REASON])).select(web.KEPT_SCHEMA.names)
+            is_repeated = pc.is_in(t[web.KEPT_ID], value_set=repeated)
+            for row in t.filter(is_repeated).to_pylist():
+                candidates.setdefault(row[web.KEPT_ID], []).append(row)
+            once = t.filter(pc.invert(is_repeated))
+            writer.write(once)
+            kept += once.num_rows
+        winners = [min(rows_, key=preferred) for rows_ in candidates.values()]
+        writer.write(pa.Table.from_pylist(winners, schema=web.KEPT_SCHEMA))
+        kept += len(winners)
+    if len(ids) > kept:
+        dropped["duplicate_url"] += len(ids) - kept
+    return FilterResult(rows=rows, kept=kept, dropped=dropped)
 
 
-def _first_occurrences(ids: pa.ChunkedArray) -> pa.Array:
-    """Positions of the first row of each distinct id."""
-    if len(ids) == 0:
-        return pa.array([], pa.int64())
-    t = pa.table({"id": ids, "pos": pa.array(range(len(ids)), pa.int64())})
-    return t.group_by("id", use_threads=False).aggregate([("pos", "min")])["pos_min"].combine_chunks()
+def preferred(row: dict) -> tuple:
+    """Order of preference among rows with the same URL: the highest aesthetic score, then a fixed order
+    of the other fields, so the choice does not depend on how Ray split or ordered the blocks."""
+    score = row[web.KEPT_COLUMNS[web.AESTHETIC]]
+    score = -math.inf if score is None or math.isnan(score) else score
+    return (-score, json.dumps(row, sort_keys=True, default=str))
+
+
+class _KeptWriter:
+    """Parquet files of at most KEPT_FILE_ROWS rows each."""
+
+    def __init__(self, folder: str):
+        self.folder, self.files, self.rows, self.writer = folder, 0, 0, None
+
+    def write(self, table: pa.Table) -> None:
+        if self.writer is None or self.rows >= KEPT_FILE_ROWS:
+            self.close()
+            path = os.path.join(self.folder, f"part-{self.files:05d}.parquet")
+            self.writer, self.files, self.rows = pq.ParquetWriter(path, web.KEPT_SCHEMA), self.files + 1, 0
+        self.writer.write_table(table)
+        self.rows += table.num_rows
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()

@@ -121,7 +121,7 @@ def check_output(paths: Paths, record: dict) -> bool:
     return os.path.exists(paths.stats)
 
 
-def run_web_job(job: WebJob, progress, say=print) -> dict:
+def run_web_job(job: WebJob, say=print) -> dict:
     """Run (or resume) the job; returns the stats written to DIR/stats.json."""
     started = time.monotonic()
     files, columns, config, record = plan(job)
@@ -150,7 +150,7 @@ def run_web_job(job: WebJob, progress, say=print) -> dict:
         timings["download_s"] = round(time.monotonic() - t0, 3)
         t0 = time.monotonic()
         schema = cols.images_schema({"job": record, "versions": cols.library_versions(*VERSIONED_LIBRARIES)})
-        ingested = run_ingest(shards, IngestConfig(job.source, config.min_size), paths.images, schema, progress)
+        ingested = run_ingest(shards, IngestConfig(job.source, config.min_size), paths.images, schema)
         timings["ingest_s"] = round(time.monotonic() - t0, 3)
         lost = filtered.kept - ingested.rows
         if lost:  # img2dataset writes a row for every URL it tried: a gap means rows it never tried

@@ -17,6 +17,9 @@ SOURCE = "source"
 KEY = "key"
 URL = "url"
 CAPTION = "caption"
+LONG_CAPTION = "long_caption"  # a second, longer caption where a source has one (JourneyDB's Task2)
+CLASS_INDEX = "class_index"  # ImageNet: position of the synset in the class list
+SYNSET = "synset"  # ImageNet: the WordNet id, e.g. n01440764
 AESTHETIC = "aesthetic"
 ORIGINAL_WIDTH = "original_width"
 ORIGINAL_HEIGHT = "original_height"
@@ -36,6 +39,9 @@ IMAGES_SCHEMA = pa.schema(
         pa.field(KEY, pa.string(), nullable=False),
         pa.field(URL, pa.string()),
         pa.field(CAPTION, pa.string()),
+        pa.field(LONG_CAPTION, pa.string()),
+        pa.field(CLASS_INDEX, pa.int32()),
+        pa.field(SYNSET, pa.string()),
         pa.field(AESTHETIC, pa.float32()),
         pa.field(ORIGINAL_WIDTH, pa.int32(), nullable=False),
         pa.field(ORIGINAL_HEIGHT, pa.int32(), nullable=False),
@@ -46,6 +52,13 @@ IMAGES_SCHEMA = pa.schema(
         # (write_fragments + commit) only lines up the field ids when no column follows it (pylance 14).
         pa.field(IMAGE, pa.large_binary(), nullable=False, metadata=BLOB_METADATA),
     ]
+)
+
+# Not stored: the column a pipeline carries to say why a row is dropped (null: kept). Rows in flight use
+# WORK_SCHEMA, where a dropped row may lack its image and sizes.
+DROP_REASON = "drop_reason"
+WORK_SCHEMA = pa.schema(
+    [f.with_nullable(True) for f in IMAGES_SCHEMA] + [pa.field(DROP_REASON, pa.string())]
 )
 
 # Table metadata keys (stored as the Arrow schema metadata of the Lance table).

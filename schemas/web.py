@@ -6,6 +6,8 @@ from dataclasses import dataclass
 
 import pyarrow as pa
 
+from lumos.schemas import images
+
 # Logical fields of a metadata row; each source names them its own way.
 URL = "url"
 CAPTION = "caption"
@@ -106,7 +108,7 @@ KEPT_SCHEMA = pa.schema(
 )
 # Each filtered block also carries one tally row per drop reason, so the counts travel with the data
 # and are exactly-once whatever Ray retries. Kept rows have a null reason.
-DROP_REASON = "drop_reason"
+DROP_REASON = images.DROP_REASON
 DROP_COUNT = "drop_count"
 FILTERED_SCHEMA = KEPT_SCHEMA.append(pa.field(DROP_REASON, pa.string())).append(pa.field(DROP_COUNT, pa.int64()))
 

@@ -8,7 +8,6 @@ import sys
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from rich.progress import Progress
 from web_cases import CASES, write_metadata
 
 from lumos.curation.web_job import WebJob, run_web_job
@@ -83,8 +82,7 @@ def test_aesthetic_threshold_without_scores_says_to_score_first(tmp_path):
 def test_output_holding_another_job_is_refused(tmp_path, ray_session):
     meta = write_metadata(str(tmp_path / "meta.parquet"), "laion-upper", "http://127.0.0.1:9", CASES)
     out = tmp_path / "out"
-    run_web_job(WebJob(source="laion", input=meta, output=str(out), download=False), Progress(disable=True),
-                say=lambda *_: None)
+    run_web_job(WebJob(source="laion", input=meta, output=str(out), download=False), say=lambda *_: None)
     before = sorted(os.listdir(out))
     code, lines = _curate("laion", "--input", meta, "--output", str(out), "--no-download", "--min-aesthetic", "6")
     _assert_one_line_error(code, lines, "holds a different job", "filters")

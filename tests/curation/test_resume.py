@@ -9,7 +9,6 @@ import time
 
 import lance
 import pyarrow.parquet as pq
-from rich.progress import Progress
 from web_cases import Case, write_metadata
 
 from lumos.curation.download import DownloadConfig
@@ -68,7 +67,7 @@ def test_killed_download_resumes_without_duplicates_or_refetching(tmp_path, ray_
 
         reference = WebJob(source="laion", input=metadata, output=str(tmp_path / "reference"),
                            download_config=DownloadConfig(workers=1, threads=2, shard_size=SHARD))
-        stats = run_web_job(reference, Progress(disable=True), say=lambda *_: None)
+        stats = run_web_job(reference, say=lambda *_: None)
 
     assert stats["kept"] == len(CASES)
     resumed_rows = _table(os.path.join(out, "images.lance"))

@@ -9,7 +9,6 @@ from collections import Counter
 import lance
 import pytest
 from PIL import Image
-from rich.progress import Progress
 from web_cases import CASES, VARIANTS, case_url, routes, write_metadata
 
 from lumos.curation.download import DownloadConfig
@@ -27,7 +26,7 @@ def _run(tmp_path, variant, base_url, **kw):
         write_metadata(os.path.join(metadata, f"{variant}-{i}.parquet"), variant, base_url, cases)
     job = WebJob(source=source, input=metadata, output=str(tmp_path / "out"),
                  download_config=DownloadConfig(workers=1, threads=8, shard_size=8), **kw)
-    return job, run_web_job(job, Progress(disable=True), say=lambda *_: None)
+    return job, run_web_job(job, say=lambda *_: None)
 
 
 @pytest.mark.parametrize("variant", sorted(VARIANTS))
