@@ -28,7 +28,8 @@ err_console = Console(stderr=True)
 def _run_web(source: str, input: str, output: str, min_aesthetic: float, min_size: int,
              max_watermark: Optional[float], max_unsafe: Optional[float], image_size: int, no_download: bool,
              workers: Optional[int], threads: int, shard_size: int, timeout: int) -> None:
-    from lumos.curation.web_job import WebJob, run_web_job, summary
+    from lumos.curation.job_dir import summary
+    from lumos.curation.web_job import WebJob, run_web_job
 
     job = WebJob(
         source=source, input=input, output=output, min_size=min_size, min_aesthetic=min_aesthetic,

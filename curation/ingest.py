@@ -4,7 +4,6 @@ a killed ingest leaves no table, and a finished one holds every image exactly on
 from __future__ import annotations
 
 import io
-import os
 from dataclasses import dataclass
 
 import pyarrow as pa
@@ -96,15 +95,3 @@ def run_ingest(shards: list[str], config: IngestConfig, uri: str, schema: pa.Sch
         sink.on_write_start()
         sink.on_write_complete(WriteResult(0, 0, []))
     return sink.result
-
-
-def table_exists(uri: str) -> bool:
-    import lance
-
-    if not os.path.exists(uri) and "://" not in uri:
-        return False
-    try:
-        lance.dataset(uri)
-    except (ValueError, OSError):
-        return False
-    return True

@@ -1,11 +1,7 @@
 """`lumos-curate laion|coyo`: filter → download → ingest, resumable, with every dropped row counted.
 
-Output folder layout:
-    DIR/kept/*.parquet     the filtered metadata (the download list)
-    DIR/images.lance       the images table (schemas/images.py)
-    DIR/stats.json         rows = kept + sum(dropped), per stage, with timings
-    DIR/_work/             job record and img2dataset's shards (kept for resume; safe to delete after)
-A re-run with the same arguments resumes where the last run stopped; after a finished run it is a no-op.
+Besides the layout of job_dir.py, DIR/kept/*.parquet holds the filtered metadata (the download list) and
+DIR/_work/download img2dataset's shards. A re-run with the same arguments resumes where the last run stopped.
 """
 
 from __future__ import annotations
@@ -19,15 +15,14 @@ from dataclasses import asdict, dataclass, field
 
 from lumos.curation.download import DownloadConfig, download, finished_shards
 from lumos.curation.errors import UserError
-from lumos.curation.ingest import IngestConfig, run_ingest, table_exists
+from lumos.curation.ingest import IngestConfig, run_ingest
+from lumos.curation.job_dir import JobDir, stage_stats, write_json
 from lumos.curation.inputs import read_schemas, resolve_parquet_files
 from lumos.curation.web_filter import FilterResult, WebFilterConfig, run_filter
 from lumos.pipeline.ray_runtime import init_ray, on_cluster
-from lumos.schemas import images as cols
 from lumos.schemas import web
 
 DEFAULT_MAX_SCORE = 0.5  # watermark / unsafe probability bound applied when the metadata has the column
-VERSIONED_LIBRARIES = ("lumos", "ray", "pyarrow", "pylance", "img2dataset", "opencv-python-headless", "pillow")
 
 
 @dataclass
@@ -43,18 +38,12 @@ class WebJob:
     download_config: DownloadConfig = field(default_factory=DownloadConfig)
 
 
-@dataclass
-class Paths:
-    root: str
-
+class WebJobDir(JobDir):
     def __post_init__(self):
-        self.work = os.path.join(self.root, "_work")
-        self.job = os.path.join(self.work, "job.json")
+        super().__post_init__()
         self.filter_done = os.path.join(self.work, "filter.json")
         self.downloads = os.path.join(self.work, "download")
         self.kept = os.path.join(self.root, "kept")
-        self.images = os.path.join(self.root, "images.lance")
-        self.stats = os.path.join(self.root, "stats.json")
 
 
 def plan(job: WebJob) -> tuple[list[str], web.ColumnMap, WebFilterConfig, dict]:
@@ -97,42 +86,15 @@ def _score_bound(flag: str, value: float | None, has_column: bool, input_path: s
     return value
 
 
-def check_output(paths: Paths, record: dict) -> bool:
-    """True when `paths` already holds this job finished; UserError when it holds something else."""
-    if not os.path.exists(paths.root):
-        return False
-    if not os.path.isdir(paths.root):
-        raise UserError(f"output {paths.root} exists and is not a folder")
-    previous = None
-    if os.path.exists(paths.job):
-        with open(paths.job) as f:
-            previous = json.load(f)
-    elif table_exists(paths.images):
-        import lance
-
-        previous = cols.job_of(lance.dataset(paths.images).schema).get("job")
-    elif os.listdir(paths.root):
-        raise UserError(f"output {paths.root} is not empty and holds no lumos-curate job; choose another --output")
-    if previous is not None and previous != record:
-        differs = sorted(k for k in set(previous) | set(record) if previous.get(k) != record.get(k))
-        raise UserError(
-            f"output {paths.root} holds a different job (differs in: {', '.join(differs)}); choose another --output"
-        )
-    return os.path.exists(paths.stats)
-
-
 def run_web_job(job: WebJob, say=print) -> dict:
     """Run (or resume) the job; returns the stats written to DIR/stats.json."""
     started = time.monotonic()
     files, columns, config, record = plan(job)
-    paths = Paths(job.output)
-    if check_output(paths, record):
-        with open(paths.stats) as f:
-            stats = json.load(f)
+    paths = WebJobDir(job.output)
+    if paths.finished(record):
         say(f"{paths.root} already holds this finished job: nothing to do")
-        return stats
-    os.makedirs(paths.work, exist_ok=True)
-    _write_json(paths.job, record)
+        return paths.read_stats()
+    paths.start(record)
     init_ray()
     timings = {}
 
@@ -140,7 +102,7 @@ def run_web_job(job: WebJob, say=print) -> dict:
     filtered = _filter_once(files, columns, config, paths)
     timings["filter_s"] = round(time.monotonic() - t0, 3)
     say(f"filter: {filtered.rows} rows, kept {filtered.kept} ({columns.variant} {job.source} columns)")
-    stages = {"filter": _stage(filtered.rows, filtered.kept, filtered.dropped)}
+    stages = {"filter": stage_stats(filtered.rows, filtered.kept, filtered.dropped)}
     dropped = Counter(filtered.dropped)
     kept = filtered.kept
 
@@ -149,13 +111,12 @@ def run_web_job(job: WebJob, say=print) -> dict:
         shards = _download(paths, filtered.kept, job.download_config)
         timings["download_s"] = round(time.monotonic() - t0, 3)
         t0 = time.monotonic()
-        schema = cols.images_schema({"job": record, "versions": cols.library_versions(*VERSIONED_LIBRARIES)})
-        ingested = run_ingest(shards, IngestConfig(job.source, config.min_size), paths.images, schema)
+        ingested = run_ingest(shards, IngestConfig(job.source, config.min_size), paths.images, paths.schema(record))
         timings["ingest_s"] = round(time.monotonic() - t0, 3)
         lost = filtered.kept - ingested.rows
         if lost:  # img2dataset writes a row for every URL it tried: a gap means rows it never tried
             ingested.dropped["missing_from_download"] += lost
-        stages["download"] = _stage(filtered.kept, ingested.kept, ingested.dropped)
+        stages["download"] = stage_stats(filtered.kept, ingested.kept, ingested.dropped)
         dropped.update(ingested.dropped)
         kept = ingested.kept
 
@@ -163,15 +124,11 @@ def run_web_job(job: WebJob, say=print) -> dict:
     stats = {"rows": filtered.rows, "kept": kept, "dropped": dict(sorted(dropped.items())),
              "stages": stages, "timings": timings}
     assert stats["rows"] == kept + sum(dropped.values()), stats
-    _write_json(paths.stats, stats)
+    write_json(paths.stats, stats)
     return stats
 
 
-def _stage(rows: int, kept: int, dropped: Counter) -> dict:
-    return {"rows": rows, "kept": kept, "dropped": dict(sorted(dropped.items()))}
-
-
-def _filter_once(files, columns, config, paths: Paths) -> FilterResult:
+def _filter_once(files, columns, config, paths: WebJobDir) -> FilterResult:
     """The filter runs once per job: a finished result is reused by every re-run."""
     if os.path.exists(paths.filter_done):
         with open(paths.filter_done) as f:
@@ -182,11 +139,11 @@ def _filter_once(files, columns, config, paths: Paths) -> FilterResult:
     result = run_filter(files, columns, config, paths.work, tmp)
     shutil.rmtree(paths.kept, ignore_errors=True)
     os.replace(tmp, paths.kept)
-    _write_json(paths.filter_done, {"rows": result.rows, "kept": result.kept, "dropped": result.dropped})
+    write_json(paths.filter_done, {"rows": result.rows, "kept": result.kept, "dropped": result.dropped})
     return result
 
 
-def _download(paths: Paths, expected_rows: int, config: DownloadConfig) -> list[str]:
+def _download(paths: WebJobDir, expected_rows: int, config: DownloadConfig) -> list[str]:
     if expected_rows == 0:
         return []
     shards = download(paths.kept, paths.downloads, config, "ray" if on_cluster() else "multiprocessing")
@@ -196,18 +153,3 @@ def _download(paths: Paths, expected_rows: int, config: DownloadConfig) -> list[
             f"{expected - len(shards)} of {expected} download shards did not finish; re-run the same command to retry"
         )
     return shards
-
-
-def _write_json(path: str, obj: dict) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=2, sort_keys=True)
-    os.replace(tmp, path)
-
-
-def summary(stats: dict) -> str:
-    lines = [f"{stats['rows']} rows in, {stats['kept']} images kept"]
-    for reason, count in sorted(stats["dropped"].items(), key=lambda kv: -kv[1]):
-        lines.append(f"  dropped {count:>10}  {reason}")
-    lines.append("  " + ", ".join(f"{k} {v:.1f}s" for k, v in stats["timings"].items()))
-    return "\n".join(lines)

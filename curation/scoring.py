@@ -1,0 +1,85 @@
+"""Aesthetic scoring as Ray Data stages: CLIP preprocessing in CPU tasks, the model in an actor pool
+(one GPU per actor when the cluster has GPUs, CPU otherwise)."""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass, field
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+from PIL import Image
+
+from lumos.curation.aesthetic import SPECS, load_aesthetic_model, preprocess
+from lumos.schemas import images as cols
+
+PIXELS = "clip_pixels"  # in flight only: the CLIP-preprocessed image, (3, S, S) float32 flattened
+
+
+@dataclass
+class ClipPixels:
+    """CPU stage: decode each stored image and apply CLIP's transform. Rows without an image get zeros
+    (the scorer leaves their score null)."""
+
+    image_size: int
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        transform, size = preprocess(self.image_size), 3 * self.image_size * self.image_size
+        pixels = np.zeros((batch.num_rows, size), np.float32)
+        for i, data in enumerate(batch[cols.IMAGE].to_pylist()):
+            if data is not None:
+                with Image.open(io.BytesIO(data)) as im:
+                    pixels[i] = transform(im).numpy().reshape(-1)
+        column = pa.FixedSizeListArray.from_arrays(pa.array(pixels.reshape(-1)), size)
+        return batch.append_column(PIXELS, column)
+
+
+@dataclass
+class AestheticScorer:
+    """Actor stage: the model is loaded once per actor, then scores every batch it is given."""
+
+    model: str
+    clip_weights: str | None = None
+    mlp_weights: str | None = None
+    device: str = "cpu"
+    net: object = field(init=False, repr=False, default=None)
+
+    def __post_init__(self):
+        self.setup()
+
+    def setup(self) -> None:
+        self.net = load_aesthetic_model(self.model, self.clip_weights, self.mlp_weights, self.device)
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        import torch
+
+        side = SPECS[self.model].image_size
+        valid = pc.is_valid(batch[cols.IMAGE]).to_numpy(zero_copy_only=False)
+        flat = batch[PIXELS].combine_chunks().flatten().to_numpy()
+        pixels = torch.from_numpy(flat.reshape(batch.num_rows, 3, side, side)[valid])
+        scores = np.full(batch.num_rows, np.nan, np.float32)
+        if valid.any():
+            scores[valid] = self.net(pixels.to(self.device)).float().cpu().numpy()
+        column = pa.array(scores, pa.float32(), mask=~valid)
+        batch = batch.drop_columns([PIXELS])
+        return batch.set_column(batch.schema.get_field_index(cols.AESTHETIC), cols.AESTHETIC, column)
+
+
+def add_scores(ds, model: str, clip_weights: str | None = None, mlp_weights: str | None = None,
+               batch_size: int = 64):
+    """`ds` (rows with an `image` column) with its `aesthetic` column (re)computed."""
+    import ray
+    from ray.data import ActorPoolStrategy
+
+    gpus = int(ray.cluster_resources().get("GPU", 0))
+    ds = ds.map_batches(ClipPixels(SPECS[model].image_size), batch_format="pyarrow", batch_size=batch_size)
+    return ds.map_batches(
+        AestheticScorer,
+        fn_constructor_kwargs={"model": model, "clip_weights": clip_weights, "mlp_weights": mlp_weights,
+                               "device": "cuda" if gpus else "cpu"},
+        batch_format="pyarrow",
+        batch_size=batch_size,
+        compute=ActorPoolStrategy(size=max(gpus, 1)),
+        num_gpus=1 if gpus else 0,
+    )
