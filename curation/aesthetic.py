@@ -8,6 +8,7 @@ only a warning and gives wrong embeddings (its GELU is not the QuickGELU they we
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import torch
@@ -63,6 +64,7 @@ SPECS = {
     "tiny": AestheticSpec("tiny", "lumos-tiny-clip", None, 64, 768),
     "bench-b16": AestheticSpec("bench-b16", "ViT-B-16", None, 224, 512),
 }
+USER_MODELS = ("laion-v2", "tiny")  # what --aesthetic-model accepts; bench-b16 is for bench/score.py only
 TINY_CLIP = {
     "embed_dim": 768,
     "quick_gelu": True,
@@ -120,6 +122,7 @@ def _load_clip(spec: AestheticSpec, weights: str | None) -> nn.Module:
     import open_clip
 
     source = weights or spec.clip_pretrained
+    logging.disable(logging.ERROR)  # open_clip logs the failure itself; we say it once, below
     try:
         model, _, _ = open_clip.create_model_and_transforms(spec.clip_model, pretrained=source)
     except Exception as err:  # noqa: BLE001 - every failure to get the weights ends in the same advice
@@ -128,6 +131,8 @@ def _load_clip(spec: AestheticSpec, weights: str | None) -> nn.Module:
             f"pretrained={source!r}): {str(err).splitlines()[0] if str(err) else type(err).__name__}. "
             f"Put them in the Hugging Face cache (HF_HOME) on a machine with access, or pass --clip-weights PATH"
         ) from None
+    finally:
+        logging.disable(logging.NOTSET)
     return model
 
 

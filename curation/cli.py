@@ -40,8 +40,7 @@ def _run_web(source: str, input: str, output: str, min_aesthetic: float, min_siz
     try:
         stats = run_web_job(job, say=err_console.print)
     except UserError as err:
-        err_console.print(f"[red]error:[/red] {err}", highlight=False, soft_wrap=True)
-        raise typer.Exit(2) from None
+        _fail(err)
     print(summary(stats))
 
 
@@ -79,6 +78,162 @@ def _web_command(source: str, variants: str):
 
 app.command("laion")(_web_command("laion", "2B-en, improved_aesthetics_*plus or lower-case columns"))
 app.command("coyo")(_web_command("coyo", "COYO-700M columns"))
+
+
+def _fail(err: UserError):
+    err_console.print(f"[red]error:[/red] {err}", highlight=False, soft_wrap=True)
+    raise typer.Exit(2) from None
+
+
+# Options shared by the local-dump commands.
+DUMP_OUTPUT = typer.Option(..., "--output", help="Output folder: images.lance, stats.json and _work/.")
+IMAGE_SIZE = typer.Option(512, help="Resize so the shorter side is this (downscale only, aspect kept, no crop).")
+AESTHETIC_MODEL = typer.Option("laion-v2", help="laion-v2: LAION improved aesthetic predictor V2 on OpenAI CLIP "
+                               "ViT-L/14 (real weights, needed for real data); tiny: a seeded random test model.")
+CLIP_WEIGHTS = typer.Option(None, help="Local file of the OpenAI CLIP ViT-L/14 weights (default: the open_clip "
+                            "'openai' tag, from the Hugging Face cache or hub).")
+AESTHETIC_WEIGHTS = typer.Option(None, help="Local copy of sac+logos+ava1-l14-linearMSE.pth (default: the torch "
+                                 "hub cache or its GitHub URL).")
+
+
+def _run_dump(reader_factory, output, min_size, image_size, min_aesthetic, aesthetic_model, clip_weights,
+              aesthetic_weights, record: dict) -> None:
+    from lumos.curation.dump_job import ScoreConfig, run_dump_job
+    from lumos.curation.job_dir import summary
+    from lumos.curation.prepare import PrepareConfig
+
+    try:
+        reader = reader_factory()
+        stats = run_dump_job(reader, output, PrepareConfig(min_size=min_size, image_size=image_size),
+                             ScoreConfig(aesthetic_model, clip_weights, aesthetic_weights, min_aesthetic), record,
+                             say=err_console.print)
+    except UserError as err:
+        _fail(err)
+    print(summary(stats))
+
+
+@app.command("sam")
+def sam(
+    input: str = typer.Option(..., "--input", help="Folder of SA-1B tars (sa_000000.tar, ...)."),
+    output: str = DUMP_OUTPUT,
+    min_size: int = typer.Option(512, help="Keep images whose shorter side is >= this many pixels."),
+    min_aesthetic: float = typer.Option(5.0, help="Keep images scoring >= this (0: score, filter nothing)."),
+    aesthetic_model: str = AESTHETIC_MODEL,
+    clip_weights: Optional[str] = CLIP_WEIGHTS,
+    aesthetic_weights: Optional[str] = AESTHETIC_WEIGHTS,
+    captions: Optional[str] = typer.Option(None, help="Caption file (parquet or jsonl: file name + caption, as "
+                                           "SAM-LLaVA-Captions10M) joined by file name."),
+    image_size: int = IMAGE_SIZE,
+):
+    """Ingest SA-1B: image sizes from each sa_N.json, checked against the image; score, filter, write."""
+
+    def reader():
+        import ray
+
+        from lumos.curation.dumps import SamReader, read_caption_file
+        from lumos.pipeline.ray_runtime import init_ray
+
+        table = read_caption_file(captions) if captions else None
+        if table is None:
+            return SamReader(os.path.abspath(input))
+        init_ray()
+        return SamReader(os.path.abspath(input), captions=ray.put(table))
+
+    _run_dump(reader, output, min_size, image_size, min_aesthetic, aesthetic_model, clip_weights,
+              aesthetic_weights, {"input": os.path.abspath(input), "captions": captions})
+
+
+@app.command("journeydb")
+def journeydb(
+    input: str = typer.Option(..., "--input", help="Folder of JourneyDB images: 000/<id>.jpg files or 000.tgz."),
+    annotations: str = typer.Option(..., "--annotations", help="JourneyDB annotation jsonl (img_path, prompt, "
+                                    "Task2.Caption)."),
+    output: str = DUMP_OUTPUT,
+    min_size: int = typer.Option(512, help="Keep images whose shorter side is >= this many pixels."),
+    min_aesthetic: float = typer.Option(0.0, help="Keep images scoring >= this (0: score, filter nothing)."),
+    aesthetic_model: str = AESTHETIC_MODEL,
+    clip_weights: Optional[str] = CLIP_WEIGHTS,
+    aesthetic_weights: Optional[str] = AESTHETIC_WEIGHTS,
+    image_size: int = IMAGE_SIZE,
+):
+    """Ingest JourneyDB: `prompt` as caption and Task2.Caption (when present) as long_caption."""
+    from lumos.curation.dumps import JourneyDBReader
+
+    _run_dump(lambda: JourneyDBReader(os.path.abspath(input), os.path.abspath(annotations)), output, min_size,
+              image_size, min_aesthetic, aesthetic_model, clip_weights, aesthetic_weights,
+              {"input": os.path.abspath(input), "annotations": os.path.abspath(annotations)})
+
+
+@app.command("imagenet")
+def imagenet(
+    input: str = typer.Option(..., "--input", help="ImageNet folder: train/nXXXXXXXX/*.JPEG, or flat files "
+                              "whose name ends in the synset."),
+    output: str = DUMP_OUTPUT,
+    synsets: Optional[str] = typer.Option(None, help="LOC_synset_mapping.txt: class index = line number "
+                                          "(default: the sorted synsets found)."),
+    min_size: int = typer.Option(256, help="Keep images whose shorter side is >= this many pixels."),
+    min_aesthetic: float = typer.Option(0.0, help="Keep images scoring >= this (0: score, filter nothing)."),
+    aesthetic_model: str = AESTHETIC_MODEL,
+    clip_weights: Optional[str] = CLIP_WEIGHTS,
+    aesthetic_weights: Optional[str] = AESTHETIC_WEIGHTS,
+    image_size: int = IMAGE_SIZE,
+):
+    """Ingest ImageNet with its synset and class index as columns."""
+    from lumos.curation.dumps import ImageNetReader
+
+    _run_dump(lambda: ImageNetReader(os.path.abspath(input), synsets), output, min_size, image_size,
+              min_aesthetic, aesthetic_model, clip_weights, aesthetic_weights,
+              {"input": os.path.abspath(input), "synsets": synsets})
+
+
+@app.command("score")
+def score(
+    input: str = typer.Option(..., "--input", help="An images table (images.lance) whose aesthetic column to "
+                              "add or refresh."),
+    aesthetic_model: str = AESTHETIC_MODEL,
+    clip_weights: Optional[str] = CLIP_WEIGHTS,
+    aesthetic_weights: Optional[str] = AESTHETIC_WEIGHTS,
+):
+    """(Re)compute the aesthetic column of an images table in place, e.g. to check COYO's own scores."""
+    from lumos.curation.dump_job import ScoreConfig
+    from lumos.curation.score_job import score_table
+
+    try:
+        stats = score_table(input, ScoreConfig(aesthetic_model, clip_weights, aesthetic_weights), err_console.print)
+    except UserError as err:
+        _fail(err)
+    print(f"scored {stats['scored']} of {stats['rows']} images with {stats['model']}, mean {stats['mean']}")
+
+
+@app.command("mix")
+def mix(
+    input: list[str] = typer.Option(..., "--input", help="An images table; repeat for each source. Earlier "
+                                    "inputs win duplicates."),
+    output: str = DUMP_OUTPUT,
+    take: list[str] = typer.Option([], "--take", help="SOURCE=N: keep at most N rows of that source (a seeded "
+                                   "choice); repeat per source, e.g. --take laion=120000000."),
+    dedup: str = typer.Option("sha256", help="sha256: drop images with the same bytes across and within "
+                              "sources; none: only the same id."),
+    seed: int = typer.Option(0, help="Seed of the choice made by --take."),
+):
+    """Mix images tables into one: duplicates removed, caps per source, ids kept, stats per source."""
+    from lumos.curation.job_dir import summary
+    from lumos.curation.mix_job import run_mix
+
+    try:
+        caps = {}
+        for item in take:
+            name, _, count = item.partition("=")
+            if not count.isdigit():
+                raise UserError(f"--take {item}: expected SOURCE=N, e.g. laion=120000000")
+            caps[name] = int(count)
+        if dedup not in ("sha256", "none"):
+            raise UserError(f"--dedup {dedup}: expected sha256 or none")
+        stats = run_mix([os.path.abspath(i) for i in input], output, caps, dedup == "sha256", seed,
+                        say=err_console.print)
+    except UserError as err:
+        _fail(err)
+    print(summary(stats))
 
 
 @app.command("sample")

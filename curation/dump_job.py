@@ -14,9 +14,10 @@ from dataclasses import asdict, dataclass
 import pyarrow as pa
 
 from lumos.curation.dumps import RawImage
+from lumos.curation.errors import UserError
 from lumos.curation.filters import Threshold
 from lumos.curation.job_dir import JobDir, stage_stats, write_json
-from lumos.curation.lance_sink import CountedLanceSink
+from lumos.curation.lance_sink import write_counted
 from lumos.curation.prepare import PrepareConfig, prepare
 from lumos.curation.scoring import add_scores
 from lumos.pipeline.ray_runtime import init_ray
@@ -31,6 +32,12 @@ class ScoreConfig:
     clip_weights: str | None = None
     mlp_weights: str | None = None
     min_aesthetic: float = 0.0  # 0: score, but filter nothing
+
+    def __post_init__(self):
+        from lumos.curation.aesthetic import USER_MODELS
+
+        if self.model not in USER_MODELS:
+            raise UserError(f"--aesthetic-model {self.model}: choose one of {', '.join(USER_MODELS)}")
 
 
 @dataclass
@@ -123,9 +130,7 @@ def run_dump_job(reader, output: str, prepare_config: PrepareConfig, score: Scor
         ds = add_scores(ds, score.model, score.clip_weights, score.mlp_weights)
         if score.min_aesthetic > 0:
             ds = ds.map_batches(AestheticGate(score.min_aesthetic), batch_format="pyarrow", batch_size=None)
-    sink = CountedLanceSink(paths.images, paths.schema(record))
-    ds.write_datasink(sink)
-    result = sink.result
+    result = write_counted(ds, paths.images, paths.schema(record))
 
     stats = {**stage_stats(result.rows, result.kept, result.dropped),
              "timings": {"total_s": round(time.monotonic() - started, 3)}}

@@ -40,6 +40,11 @@ def _chunks(items: list, size: int = CHUNK) -> list[list]:
     return [items[i : i + size] for i in range(0, len(items), size)]
 
 
+def _read_file(path: str) -> bytes:
+    with open(path, "rb") as f:
+        return f.read()
+
+
 def _files(folder: str, pattern: str) -> list[str]:
     if not os.path.isdir(folder):
         raise UserError(f"input {folder} is not a folder")
@@ -65,31 +70,36 @@ class SamReader:
         return [{"tar": t} for t in tars]
 
     def read(self, unit: dict) -> Iterator[RawImage]:
-        images, annotations = {}, {}
+        # Streamed: a tar holds ~11k images (GBs); an image and its JSON sit next to each other, so only a
+        # pair in progress is held in memory.
         with tarfile.open(unit["tar"]) as tar:
-            for member in tar:
-                if not member.isfile():
+            members = [m for m in tar.getmembers() if m.isfile()]  # headers only
+            captions = self._captions([os.path.basename(m.name) for m in members
+                                       if m.name.lower().endswith(".jpg")])
+            pending: dict[str, dict] = {}
+            for member in members:
+                stem, ext = os.path.splitext(os.path.basename(member.name))
+                if ext.lower() not in (".jpg", ".json"):
                     continue
-                name = os.path.basename(member.name)
-                stem, ext = os.path.splitext(name)
-                data = tar.extractfile(member).read()
-                if ext.lower() == ".jpg":
-                    images[stem] = (name, data)
-                elif ext.lower() == ".json":
-                    annotations[stem] = data
-        captions = self._captions([name for name, _ in images.values()])
-        for stem in sorted(set(images) | set(annotations)):
-            name, data = images.get(stem, (f"{stem}.jpg", None))
-            raw = RawImage(key=name, data=data, caption=captions.get(name))
-            if stem not in annotations:
-                raw.reason = "missing_annotation"
-            else:
-                try:
-                    info = json.loads(annotations[stem])[names.SAM_IMAGE]
-                    raw.declared_size = (int(info[names.SAM_WIDTH]), int(info[names.SAM_HEIGHT]))
-                except (ValueError, KeyError, TypeError):
-                    raw.reason = "bad_annotation"
-            yield raw
+                pair = pending.setdefault(stem, {})
+                pair[ext.lower()] = tar.extractfile(member).read()
+                if len(pair) == 2:
+                    yield self._raw(stem, pending.pop(stem), captions)
+            for stem in sorted(pending):
+                yield self._raw(stem, pending[stem], captions)
+
+    def _raw(self, stem: str, pair: dict, captions: dict) -> RawImage:
+        name = f"{stem}.jpg"
+        raw = RawImage(key=name, data=pair.get(".jpg"), caption=captions.get(name))
+        if ".json" not in pair:
+            raw.reason = "missing_annotation"
+            return raw
+        try:
+            info = json.loads(pair[".json"])[names.SAM_IMAGE]
+            raw.declared_size = (int(info[names.SAM_WIDTH]), int(info[names.SAM_HEIGHT]))
+        except (ValueError, KeyError, TypeError):
+            raw.reason = "bad_annotation"
+        return raw
 
     def _captions(self, keys: list[str]) -> dict[str, str]:
         if self.captions is None or not keys:
@@ -148,14 +158,13 @@ class JourneyDBReader:
                 lines = [line for line in f if line.strip()]
         except OSError as err:
             raise UserError(f"cannot read annotations {self.annotations}: {err.strerror}") from None
-        rows, bad = [], 0
+        rows = []
         for line in lines:
             try:
                 item = json.loads(line)
                 rows.append({"key": os.path.normpath(item[names.JDB_PATH]), "prompt": item.get(names.JDB_PROMPT),
                              "long": (item.get(names.JDB_TASK2) or {}).get(names.JDB_CAPTION)})
-            except (ValueError, KeyError, TypeError, AttributeError):
-                bad += 1
+            except (ValueError, KeyError, TypeError, AttributeError):  # counted as bad_annotation
                 rows.append({"key": f"annotation-line-{len(rows)}", "bad": True})
         if not rows:
             raise UserError(f"annotations {self.annotations} hold no rows")
@@ -172,26 +181,23 @@ class JourneyDBReader:
         return units
 
     def read(self, unit: dict) -> Iterator[RawImage]:
-        files = _archive_members(unit["archive"]) if unit["archive"] else None
-        for row in unit["rows"]:
-            if row.get("bad"):
-                yield RawImage(key=row["key"], data=None, reason="bad_annotation")
-                continue
-            if files is not None:
-                data = files.get(os.path.basename(row["key"]))
-            else:
-                path = os.path.join(self.input, row["key"])
-                data = open(path, "rb").read() if os.path.isfile(path) else None
-            yield RawImage(key=row["key"], data=data, caption=row["prompt"], long_caption=row["long"])
+        rows = unit["rows"]
+        if unit["archive"]:  # streamed member by member: an archive holds GBs
+            by_name = {os.path.basename(r["key"]): r for r in rows if not r.get("bad")}
+            with tarfile.open(unit["archive"]) as tar:
+                for member in tar:
+                    row = by_name.pop(os.path.basename(member.name), None) if member.isfile() else None
+                    if row is not None:
+                        yield self._raw(row, tar.extractfile(member).read())
+            rows = [r for r in rows if r.get("bad") or os.path.basename(r["key"]) in by_name]
+        for row in rows:
+            path = None if row.get("bad") or unit["archive"] else os.path.join(self.input, row["key"])
+            yield self._raw(row, _read_file(path) if path and os.path.isfile(path) else None)
 
-
-def _archive_members(path: str) -> dict[str, bytes]:
-    out = {}
-    with tarfile.open(path) as tar:
-        for member in tar:
-            if member.isfile():
-                out[os.path.basename(member.name)] = tar.extractfile(member).read()
-    return out
+    def _raw(self, row: dict, data: bytes | None) -> RawImage:
+        if row.get("bad"):
+            return RawImage(key=row["key"], data=None, reason="bad_annotation")
+        return RawImage(key=row["key"], data=data, caption=row["prompt"], long_caption=row["long"])
 
 
 # --- ImageNet -----------------------------------------------------------------------------------------------
@@ -240,9 +246,7 @@ class ImageNetReader:
 
     def read(self, unit: dict) -> Iterator[RawImage]:
         for item in unit["items"]:
-            with open(os.path.join(self.input, item["path"]), "rb") as f:
-                data = f.read()
-            raw = RawImage(key=item["path"], data=data, synset=item["synset"], class_index=item["class_index"])
+            raw = RawImage(key=item["path"], data=_read_file(os.path.join(self.input, item["path"])), synset=item["synset"], class_index=item["class_index"])
             if item["synset"] is None:
                 raw.reason = "no_synset"
             elif item["class_index"] is None:

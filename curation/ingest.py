@@ -9,9 +9,8 @@ from dataclasses import dataclass
 import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
-from ray.data.datasource.datasink import WriteResult
 
-from lumos.curation.lance_sink import CountedLanceSink, SinkResult
+from lumos.curation.lance_sink import SinkResult, write_counted
 from lumos.schemas import images as cols
 from lumos.schemas import web
 
@@ -87,11 +86,7 @@ def run_ingest(shards: list[str], config: IngestConfig, uri: str, schema: pa.Sch
     """Ingest img2dataset's finished `shards` into a new Lance table at `uri`, in one commit."""
     import ray
 
-    sink = CountedLanceSink(uri, schema)
+    ds = None
     if shards:
-        ds = ray.data.read_parquet(shards)
-        ds.map_batches(IngestBatch(config), batch_format="pyarrow", batch_size=256).write_datasink(sink)
-    else:
-        sink.on_write_start()
-        sink.on_write_complete(WriteResult(0, 0, []))
-    return sink.result
+        ds = ray.data.read_parquet(shards).map_batches(IngestBatch(config), batch_format="pyarrow", batch_size=256)
+    return write_counted(ds, uri, schema)

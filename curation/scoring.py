@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import io
+import os
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -43,6 +44,7 @@ class AestheticScorer:
     clip_weights: str | None = None
     mlp_weights: str | None = None
     device: str = "cpu"
+    threads: int | None = None  # CPU only: torch threads; None: every core of the actor's node
     net: object = field(init=False, repr=False, default=None)
 
     def __post_init__(self):
@@ -53,6 +55,11 @@ class AestheticScorer:
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         import torch
+
+        if self.device == "cpu":
+            # Without GPUs the model is the bottleneck, so it may use every core of its node (Ray would
+            # give an actor one thread); set here, not in setup, as Ray calls batches on another thread.
+            torch.set_num_threads(self.threads or len(os.sched_getaffinity(0)))
 
         side = SPECS[self.model].image_size
         valid = pc.is_valid(batch[cols.IMAGE]).to_numpy(zero_copy_only=False)
@@ -80,6 +87,6 @@ def add_scores(ds, model: str, clip_weights: str | None = None, mlp_weights: str
                                "device": "cuda" if gpus else "cpu"},
         batch_format="pyarrow",
         batch_size=batch_size,
-        compute=ActorPoolStrategy(size=max(gpus, 1)),
+        compute=ActorPoolStrategy(size=max(gpus, 1), max_concurrent_calls_per_actor=1),
         num_gpus=1 if gpus else 0,
     )

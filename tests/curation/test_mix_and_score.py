@@ -1,0 +1,83 @@
+"""`mix` and `score` on real Lance tables through Ray."""
+
+import hashlib
+
+import lance
+import pyarrow as pa
+import pytest
+
+from lumos.curation.aesthetic import load_aesthetic_model, preprocess
+from lumos.curation.dump_job import ScoreConfig
+from lumos.curation.errors import UserError
+from lumos.curation.mix_job import run_mix
+from lumos.curation.sample import encode, synthetic_image
+from lumos.curation.score_job import score_table
+from lumos.schemas import images as cols
+
+
+def _table(path, source, rows):
+    """rows: (key, sha256 tag, seed); the image bytes differ by seed."""
+    data = [{cols.ID: cols.make_id(source, key), cols.SOURCE: source, cols.KEY: key, cols.ORIGINAL_WIDTH: 96,
+             cols.ORIGINAL_HEIGHT: 80, cols.WIDTH: 96, cols.HEIGHT: 80, cols.SHA256: tag,
+             cols.IMAGE: encode(synthetic_image(96, 80, seed)), cols.CAPTION: f"{source} {key}"}
+            for key, tag, seed in rows]
+    schema = cols.images_schema({"job": {"source": source}})
+    lance.write_dataset(pa.Table.from_pylist(data, schema=schema), path, schema=schema)
+    return path
+
+
+def _read(path):
+    ds = lance.dataset(path)
+    rows = ds.to_table(columns=[cols.ID, cols.SOURCE, cols.KEY, cols.SHA256]).to_pylist()
+    blobs = [b.read() for b in ds.take_blobs(cols.IMAGE, indices=list(range(len(rows))))]
+    return {r[cols.ID]: (r, b) for r, b in zip(rows, blobs)}
+
+
+def test_mix_removes_duplicates_exactly_honours_caps_and_keeps_ids(tmp_path, ray_session):
+    a = _table(str(tmp_path / "a.lance"), "laion",
+               [("a1", "s1", 1), ("a2", "s2", 2), ("a3", "s3", 3), ("a5", "s1", 5)])
+    b = _table(str(tmp_path / "b.lance"), "sam",
+               [("b1", "s2", 11), ("b2", "s6", 12), ("b3", "s7", 13), ("b4", "s8", 14), ("b5", "s9", 15)])
+    stats = run_mix([a, b], str(tmp_path / "mix"), {"sam": 2}, dedup=True, seed=0, say=lambda *_: None)
+    mixed = _read(str(tmp_path / "mix" / "images.lance"))
+    inputs = {**_read(a), **_read(b)}
+
+    # a5 repeats a1's bytes in the same input: the smaller id of the two stays
+    laion = {cols.make_id("laion", k) for k in ("a2", "a3")} | {min(cols.make_id("laion", k) for k in ("a1", "a5"))}
+    sam_left = sorted((cols.make_id("sam", k) for k in ("b2", "b3", "b4", "b5")),
+                      key=lambda i: hashlib.sha1(f"0:{i}".encode()).hexdigest())
+    assert set(mixed) == laion | set(sam_left[:2])  # b1 repeats a2's bytes from a later input
+    for id_, (row, blob) in mixed.items():  # ids and bytes carried over unchanged
+        assert inputs[id_] == (row, blob)
+    assert stats["rows"] == 9 and stats["kept"] == 5
+    assert stats["sources"]["laion"] == {"rows": 4, "kept": 3, "dropped": {"duplicate_sha256": 1}}
+    assert stats["sources"]["sam"] == {"rows": 5, "kept": 2, "dropped": {"duplicate_sha256": 1, "over_cap": 2}}
+    assert stats["dropped"] == {"duplicate_sha256": 2, "over_cap": 2}
+
+    again = run_mix([a, b], str(tmp_path / "mix2"), {"sam": 2}, dedup=True, seed=0, say=lambda *_: None)
+    assert set(_read(str(tmp_path / "mix2" / "images.lance"))) == set(mixed) and again["kept"] == 5
+    with pytest.raises(UserError, match="--take names sources the inputs do not have: coyo"):
+        run_mix([a, b], str(tmp_path / "mix3"), {"coyo": 1}, dedup=True, seed=0)
+
+
+def test_score_fills_the_aesthetic_column_in_place(tmp_path, ray_session):
+    path = _table(str(tmp_path / "t.lance"), "laion", [(f"k{i}", f"s{i}", i) for i in range(6)])
+    before = _read(path)
+    stats = score_table(path, ScoreConfig(model="tiny"), say=lambda *_: None)
+    assert stats["rows"] == stats["scored"] == 6
+    ds = lance.dataset(path)
+    scores = dict(zip(*(ds.to_table(columns=[cols.ID, cols.AESTHETIC])[c].to_pylist() for c in (cols.ID, cols.AESTHETIC))))
+    model, transform = load_aesthetic_model("tiny"), preprocess(64)
+    import io
+
+    import torch
+    from PIL import Image
+
+    for id_, (row, blob) in before.items():
+        x = transform(Image.open(io.BytesIO(blob))).unsqueeze(0)
+        with torch.no_grad():
+            emb = model.clip.encode_image(x)
+            expected = float(model.mlp(emb / emb.norm(dim=-1, keepdim=True))[0, 0])
+        assert scores[id_] == pytest.approx(expected, abs=1e-4)
+    assert _read(path) == before  # ids, keys and image bytes untouched
+    assert cols.job_of(ds.schema) == {"job": {"source": "laion"}}
