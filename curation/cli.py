@@ -28,7 +28,6 @@ err_console = Console(stderr=True)
 def _run_web(source: str, input: str, output: str, min_aesthetic: float, min_size: int,
              max_watermark: Optional[float], max_unsafe: Optional[float], image_size: int, no_download: bool,
              workers: Optional[int], threads: int, shard_size: int, timeout: int) -> None:
-    from lumos.curation.job_dir import summary
     from lumos.curation.web_job import WebJob, run_web_job
 
     job = WebJob(
@@ -37,11 +36,7 @@ def _run_web(source: str, input: str, output: str, min_aesthetic: float, min_siz
         download_config=DownloadConfig(image_size=image_size, workers=workers or os.cpu_count() or 1,
                                        threads=threads, shard_size=shard_size, timeout=timeout),
     )
-    try:
-        stats = run_web_job(job, say=err_console.print)
-    except UserError as err:
-        _fail(err)
-    print(summary(stats))
+    _run(lambda: run_web_job(job, say=err_console.print))
 
 
 def _web_command(source: str, variants: str):
@@ -80,9 +75,16 @@ app.command("laion")(_web_command("laion", "2B-en, improved_aesthetics_*plus or 
 app.command("coyo")(_web_command("coyo", "COYO-700M columns"))
 
 
-def _fail(err: UserError):
-    err_console.print(f"[red]error:[/red] {err}", highlight=False, soft_wrap=True)
-    raise typer.Exit(2) from None
+def _run(job, report=None) -> None:
+    """Run `job()`; a UserError becomes one line on stderr and exit code 2, the stats a summary on stdout."""
+    from lumos.curation.job_dir import summary
+
+    try:
+        stats = job()
+    except UserError as err:
+        err_console.print(f"[red]error:[/red] {err}", highlight=False, soft_wrap=True)
+        raise typer.Exit(2) from None
+    print((report or summary)(stats))
 
 
 # Options shared by the local-dump commands.
@@ -99,17 +101,11 @@ AESTHETIC_WEIGHTS = typer.Option(None, help="Local copy of sac+logos+ava1-l14-li
 def _run_dump(reader_factory, output, min_size, image_size, min_aesthetic, aesthetic_model, clip_weights,
               aesthetic_weights, record: dict) -> None:
     from lumos.curation.dump_job import ScoreConfig, run_dump_job
-    from lumos.curation.job_dir import summary
     from lumos.curation.prepare import PrepareConfig
 
-    try:
-        reader = reader_factory()
-        stats = run_dump_job(reader, output, PrepareConfig(min_size=min_size, image_size=image_size),
-                             ScoreConfig(aesthetic_model, clip_weights, aesthetic_weights, min_aesthetic), record,
-                             say=err_console.print)
-    except UserError as err:
-        _fail(err)
-    print(summary(stats))
+    _run(lambda: run_dump_job(reader_factory(), output, PrepareConfig(min_size=min_size, image_size=image_size),
+                              ScoreConfig(aesthetic_model, clip_weights, aesthetic_weights, min_aesthetic), record,
+                              say=err_console.print))
 
 
 @app.command("sam")
@@ -198,11 +194,8 @@ def score(
     from lumos.curation.dump_job import ScoreConfig
     from lumos.curation.score_job import score_table
 
-    try:
-        stats = score_table(input, ScoreConfig(aesthetic_model, clip_weights, aesthetic_weights), err_console.print)
-    except UserError as err:
-        _fail(err)
-    print(f"scored {stats['scored']} of {stats['rows']} images with {stats['model']}, mean {stats['mean']}")
+    _run(lambda: score_table(input, ScoreConfig(aesthetic_model, clip_weights, aesthetic_weights), err_console.print),
+         lambda s: f"scored {s['scored']} of {s['rows']} images with {s['model']}, mean score {s['mean']}")
 
 
 @app.command("mix")
@@ -217,10 +210,9 @@ def mix(
     seed: int = typer.Option(0, help="Seed of the choice made by --take."),
 ):
     """Mix images tables into one: duplicates removed, caps per source, ids kept, stats per source."""
-    from lumos.curation.job_dir import summary
     from lumos.curation.mix_job import run_mix
 
-    try:
+    def job():
         caps = {}
         for item in take:
             name, _, count = item.partition("=")
@@ -229,11 +221,10 @@ def mix(
             caps[name] = int(count)
         if dedup not in ("sha256", "none"):
             raise UserError(f"--dedup {dedup}: expected sha256 or none")
-        stats = run_mix([os.path.abspath(i) for i in input], output, caps, dedup == "sha256", seed,
-                        say=err_console.print)
-    except UserError as err:
-        _fail(err)
-    print(summary(stats))
+        return run_mix([os.path.abspath(i) for i in input], output, caps, dedup == "sha256", seed,
+                       say=err_console.print)
+
+    _run(job)
 
 
 @app.command("sample")

@@ -77,6 +77,20 @@ def table_exists(uri: str) -> bool:
     return True
 
 
+def open_images_table(uri: str, what: str = "input"):
+    """The Lance images table at `uri`; UserError when there is none or its schema is not ours."""
+    import lance
+
+    if not table_exists(uri):
+        raise UserError(f"{what} {uri} is not a Lance table")
+    ds = lance.dataset(uri)
+    try:
+        cols.validate(ds.schema)
+    except cols.SchemaError as err:
+        raise UserError(f"{what} {uri}: {err}") from None
+    return ds
+
+
 def write_json(path: str, obj: dict) -> None:
     """Write atomically: a reader sees the old file or the new one, never half of one."""
     tmp = path + ".tmp"

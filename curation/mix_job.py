@@ -17,7 +17,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from lumos.curation.errors import UserError
-from lumos.curation.job_dir import JobDir, table_exists, write_json
+from lumos.curation.job_dir import JobDir, open_images_table, write_json
 from lumos.curation.lance_sink import write_counted
 from lumos.pipeline.ray_runtime import init_ray
 from lumos.schemas import images as cols
@@ -48,18 +48,9 @@ class TakeRows:
 
 def _index(inputs: list[str]) -> pa.Table:
     """id, source, sha256, input position and row offset of every row of every input."""
-    import lance
-
     parts = []
     for i, uri in enumerate(inputs):
-        if not table_exists(uri):
-            raise UserError(f"--input {uri} is not a Lance table")
-        ds = lance.dataset(uri)
-        try:
-            cols.validate(ds.schema)
-        except cols.SchemaError as err:
-            raise UserError(f"--input {uri}: {err}") from None
-        t = ds.to_table(columns=[cols.ID, cols.SOURCE, cols.SHA256])
+        t = open_images_table(uri, "--input").to_table(columns=[cols.ID, cols.SOURCE, cols.SHA256])
         parts.append(t.append_column(INPUT, pa.array([i] * t.num_rows, pa.int32()))
                       .append_column(OFFSET, pa.array(range(t.num_rows), pa.int64())))
     return pa.concat_tables(parts)

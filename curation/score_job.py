@@ -13,8 +13,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from lumos.curation.dump_job import ScoreConfig
-from lumos.curation.errors import UserError
-from lumos.curation.job_dir import table_exists
+from lumos.curation.job_dir import open_images_table
 from lumos.curation.scoring import add_scores
 from lumos.pipeline.ray_runtime import init_ray
 from lumos.schemas import images as cols
@@ -45,17 +44,10 @@ class ReadFragmentImages:
 
 
 def score_table(uri: str, score: ScoreConfig, say=print) -> dict:
-    import lance
     import ray
 
     started = time.monotonic()
-    if not table_exists(uri):
-        raise UserError(f"{uri} is not a Lance table")
-    table = lance.dataset(uri)
-    try:
-        cols.validate(table.schema)
-    except cols.SchemaError as err:
-        raise UserError(f"{uri}: {err}") from None
+    table = open_images_table(uri, "--input")
     from lumos.curation.aesthetic import load_aesthetic_model
 
     load_aesthetic_model(score.model, score.clip_weights, score.mlp_weights)  # fail before any work

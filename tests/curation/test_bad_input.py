@@ -96,7 +96,7 @@ def test_output_holding_another_job_is_refused(tmp_path, ray_session):
     assert sorted(os.listdir(stray)) == ["notes.txt"]
 
 
-@pytest.mark.parametrize("command", ["laion", "coyo", "sample"])
+@pytest.mark.parametrize("command", ["laion", "coyo", "sample", "sam", "journeydb", "imagenet", "score", "mix"])
 def test_help_explains_every_option(command):
     import typer
 
@@ -108,4 +108,20 @@ def test_help_explains_every_option(command):
         assert param.help and len(param.help) > 20, param.name
     result = subprocess.run([sys.executable, "-m", "lumos.curation.cli", command, "--help"], capture_output=True,
                             text=True, timeout=60)
-    assert result.returncode == 0 and "--output" in result.stdout
+    assert result.returncode == 0 and "Usage:" in result.stdout
+
+
+@pytest.mark.parametrize("args, fragments", [
+    (["sam", "--input", "{tmp}/nope"], ["input", "is not a folder"]),
+    (["sam", "--input", "{tmp}", "--aesthetic-model", "bench-b16"], ["--aesthetic-model bench-b16", "laion-v2, tiny"]),
+    (["journeydb", "--input", "{tmp}", "--annotations", "{tmp}/missing.jsonl"], ["cannot read annotations"]),
+    (["imagenet", "--input", "{tmp}"], ["no image file in"]),
+    (["score", "--input", "{tmp}/nope.lance"], ["--input", "is not a Lance table"]),
+    (["mix", "--input", "{tmp}/a.lance", "--take", "laion=many"], ["--take laion=many", "SOURCE=N"]),
+])
+def test_dump_score_and_mix_commands_refuse_bad_input_in_one_line(tmp_path, args, fragments):
+    out = tmp_path / "out"
+    code, lines = _curate(*[a.format(tmp=tmp_path) for a in args], *([] if args[0] == "score" else
+                                                                     ["--output", str(out)]))
+    _assert_one_line_error(code, lines, *fragments)
+    assert not out.exists()
