@@ -7,7 +7,6 @@ import io
 from dataclasses import dataclass
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 from PIL import Image
 
 from lumos.curation.lance_sink import SinkResult, write_counted

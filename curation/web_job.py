@@ -13,7 +13,7 @@ import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 
-from lumos.curation.download import DownloadConfig, download, finished_shards
+from lumos.curation.download import DownloadConfig, download
 from lumos.curation.errors import UserError
 from lumos.curation.ingest import IngestConfig, run_ingest
 from lumos.curation.job_dir import JobDir, stage_stats, write_json

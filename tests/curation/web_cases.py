@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-from lumos.curation.sample import Route, encode, serve, synthetic_image
+from lumos.curation.sample import Route, encode, synthetic_image
 
 
 @dataclass(frozen=True)
