@@ -70,6 +70,8 @@ class AestheticScorer:
             scores[valid] = self.net(pixels.to(self.device)).float().cpu().numpy()
         column = pa.array(scores, pa.float32(), mask=~valid)
         batch = batch.drop_columns([PIXELS])
+        if cols.AESTHETIC not in batch.schema.names:
+            return batch.append_column(cols.AESTHETIC, column)
         return batch.set_column(batch.schema.get_field_index(cols.AESTHETIC), cols.AESTHETIC, column)
 
 

@@ -1,0 +1,68 @@
+"""The Stable Diffusion VAE: the posterior mean and std of each image, stored fp16. The trainer draws
+z = (mean + std·ε) · scaling_factor at train time (PixArt, REPA): one frozen draw would lose augmentation."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+from PIL import Image
+
+from lumos.pipeline.encoders.base import ImageEncoder, center_square, missing_weights
+from lumos.schemas import features
+
+SCALING_FACTOR = 0.18215
+# The SD VAE's architecture (stabilityai/sd-vae-ft-mse config), so random-weight tests need no download.
+SD_VAE_CONFIG = dict(in_channels=3, out_channels=3, latent_channels=4, layers_per_block=2,
+                     block_out_channels=(128, 256, 512, 512), norm_num_groups=32, act_fn="silu",
+                     down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+                     scaling_factor=SCALING_FACTOR)
+# Same family, 4 levels (so the same 8× downsampling), tiny widths: the `tiny-vae` test encoder.
+TINY_VAE_CONFIG = {**SD_VAE_CONFIG, "layers_per_block": 1, "block_out_channels": (8, 16, 32, 32),
+                   "norm_num_groups": 8}
+
+
+@dataclass
+class VaeEncoder(ImageEncoder):
+    hub_id: str | None = None  # None: the seeded tiny test model
+    resolution: int = 256
+
+    @property
+    def input_size(self) -> int:
+        return self.resolution
+
+    def fields(self) -> list[pa.Field]:
+        shape = (4, self.resolution // 8, self.resolution // 8)
+        return [features.tensor_field(features.mean_column(self.name), shape),
+                features.tensor_field(features.std_column(self.name), shape)]
+
+    def preprocess(self, image: Image.Image) -> np.ndarray:
+        square = center_square(image).resize((self.resolution, self.resolution), Image.Resampling.BICUBIC)
+        x = np.asarray(square, np.float32) / 127.5 - 1.0  # [-1, 1], as the SD VAE was trained
+        return x.transpose(2, 0, 1)  # (3, R, R)
+
+    def build(self):
+        import torch
+        from diffusers import AutoencoderKL
+
+        if self.hub_id is None:
+            torch.manual_seed(0)
+            return AutoencoderKL(**TINY_VAE_CONFIG)
+        if self.random_weights:
+            return AutoencoderKL(**SD_VAE_CONFIG)
+        source = self.weights or self.hub_id
+        try:
+            return AutoencoderKL.from_pretrained(source, torch_dtype=torch.float32)
+        except Exception as err:  # noqa: BLE001 - whatever the cause, the user needs the same advice
+            raise missing_weights(f"the VAE {self.name}", source, err) from None
+
+    def forward(self, pixels) -> dict[str, np.ndarray]:
+        dist = self.model.encode(pixels).latent_dist  # fp32 encode: fp16 latents drift (DESIGN §4)
+        return {features.mean_column(self.name): dist.mean.half().flatten(1).cpu().numpy(),
+                features.std_column(self.name): dist.std.half().flatten(1).cpu().numpy()}
+
+    def describe(self) -> dict:
+        return {"weights": self.hub_id or "tiny-vae (seeded random test model)", "resolution": self.resolution,
+                "crop": "center square", "resize": "bicubic", "normalisation": "[-1, 1]",
+                "scaling_factor": SCALING_FACTOR, "compute_dtype": "float32"}
