@@ -8,7 +8,6 @@ only a warning and gives wrong embeddings (its GELU is not the QuickGELU they we
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 
 import torch
@@ -121,18 +120,18 @@ def _calibrate(model: AestheticModel, image_size: int) -> None:
 def _load_clip(spec: AestheticSpec, weights: str | None) -> nn.Module:
     import open_clip
 
+    from lumos.pipeline.encoders.base import quiet_loading
+
     source = weights or spec.clip_pretrained
-    logging.disable(logging.ERROR)  # open_clip logs the failure itself; we say it once, below
     try:
-        model, _, _ = open_clip.create_model_and_transforms(spec.clip_model, pretrained=source)
+        with quiet_loading():  # open_clip logs the failure itself; we say it once, below
+            model, _, _ = open_clip.create_model_and_transforms(spec.clip_model, pretrained=source)
     except Exception as err:  # noqa: BLE001 - every failure to get the weights ends in the same advice
         raise UserError(
             f"cannot load the CLIP weights of the aesthetic predictor (open_clip {spec.clip_model!r}, "
             f"pretrained={source!r}): {str(err).splitlines()[0] if str(err) else type(err).__name__}. "
             f"Put them in the Hugging Face cache (HF_HOME) on a machine with access, or pass --clip-weights PATH"
         ) from None
-    finally:
-        logging.disable(logging.NOTSET)
     return model
 
 

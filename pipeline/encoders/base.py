@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import logging
+import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -72,6 +75,19 @@ def _shape(f: pa.Field) -> tuple[int, ...]:
     from lumos.schemas.features import shape_of
 
     return shape_of(f)
+
+
+@contextmanager
+def quiet_loading():
+    """Silence the libraries' own warnings and error logs while weights load: a failure is reported once,
+    in our one line, and a success needs no chatter."""
+    logging.disable(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        logging.disable(logging.NOTSET)
 
 
 def missing_weights(what: str, source: str, err: Exception, flag: str = "--weights PATH") -> UserError:

@@ -9,7 +9,7 @@ import numpy as np
 import pyarrow as pa
 from PIL import Image
 
-from lumos.pipeline.encoders.base import ImageEncoder, center_square, missing_weights
+from lumos.pipeline.encoders.base import ImageEncoder, center_square, missing_weights, quiet_loading
 from lumos.schemas import features
 
 SCALING_FACTOR = 0.18215
@@ -53,7 +53,8 @@ class VaeEncoder(ImageEncoder):
             return AutoencoderKL(**SD_VAE_CONFIG)
         source = self.weights or self.hub_id
         try:
-            return AutoencoderKL.from_pretrained(source, torch_dtype=torch.float32)
+            with quiet_loading():
+                return AutoencoderKL.from_pretrained(source, torch_dtype=torch.float32, low_cpu_mem_usage=False)
         except Exception as err:  # noqa: BLE001 - whatever the cause, the user needs the same advice
             raise missing_weights(f"the VAE {self.name}", source, err) from None
 

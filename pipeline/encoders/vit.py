@@ -9,7 +9,7 @@ import numpy as np
 import pyarrow as pa
 from PIL import Image
 
-from lumos.pipeline.encoders.base import ImageEncoder, missing_weights
+from lumos.pipeline.encoders.base import ImageEncoder, missing_weights, quiet_loading
 from lumos.schemas import features
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -53,7 +53,8 @@ class VitEncoder(ImageEncoder):
             return timm.create_model(self.timm_name, pretrained=False, num_classes=0, **self.timm_kwargs)
         try:
             kwargs = {"pretrained_cfg_overlay": {"file": self.weights}} if self.weights else {}
-            return timm.create_model(self.timm_name, pretrained=True, num_classes=0, **self.timm_kwargs, **kwargs)
+            with quiet_loading():
+                return timm.create_model(self.timm_name, pretrained=True, num_classes=0, **self.timm_kwargs, **kwargs)
         except Exception as err:  # noqa: BLE001
             raise missing_weights(f"the image encoder {self.name}", f"timm {self.timm_name}", err) from None
 

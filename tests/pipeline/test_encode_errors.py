@@ -1,0 +1,44 @@
+"""`lumos-encode` refuses what it cannot do in one line, exit code 2, before writing anything."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+from test_encode_resume import _images
+
+from lumos.curation.errors import UserError
+from lumos.pipeline.encode_job import EncoderConfig, run_encode
+
+
+def _encode(*args, env=None):
+    result = subprocess.run([sys.executable, "-m", "lumos.pipeline.cli", *args], capture_output=True, text=True,
+                            timeout=300, env={**os.environ, **(env or {})})
+    return result.returncode, [line for line in result.stderr.splitlines() if line.strip()]
+
+
+def test_unknown_encoder_and_missing_input(tmp_path):
+    code, lines = _encode("--encoder", "dino-xxl", "--input", str(tmp_path / "x.lance"), "--output", str(tmp_path / "f"))
+    assert code == 2 and len(lines) == 1 and "unknown encoder 'dino-xxl'" in lines[0]
+    code, lines = _encode("--encoder", "tiny-vae", "--input", str(tmp_path / "x.lance"), "--output", str(tmp_path / "f"))
+    assert code == 2 and len(lines) == 1 and "is not a Lance table" in lines[0]
+    assert not (tmp_path / "f").exists()
+
+
+def test_missing_real_weights_name_them_and_never_fall_back(tmp_path):
+    images = _images(str(tmp_path / "images.lance"), count=4)
+    env = {"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")}
+    code, lines = _encode("--encoder", "dino-b", "--input", images, "--output", str(tmp_path / "f"), env=env)
+    assert code == 2 and len(lines) == 1, lines
+    assert "cannot load the weights of the image encoder dino-b" in lines[0] and "--weights PATH" in lines[0]
+    code, lines = _encode("--encoder", "sd-vae", "--input", images, "--output", str(tmp_path / "f"), env=env)
+    assert code == 2 and len(lines) == 1 and "stabilityai/sd-vae-ft-mse" in lines[0], lines
+    assert not (tmp_path / "f").exists()
+
+
+def test_features_made_differently_are_refused(tmp_path, ray_session):
+    images = _images(str(tmp_path / "images.lance"), count=4)
+    out = str(tmp_path / "f.lance")
+    run_encode(images, out, [EncoderConfig("tiny-vae", resolution=64)], say=lambda *_: None)
+    with pytest.raises(UserError, match="already holds tiny-vae features made differently .*resolution"):
+        run_encode(images, out, [EncoderConfig("tiny-vae", resolution=128)], say=lambda *_: None)
