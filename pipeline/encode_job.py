@@ -91,7 +91,8 @@ class Encode:
         side, results = self.encoder.input_size, {}
         if ok.any():
             flat = batch.filter(pa.array(ok))[features.PIXELS].combine_chunks().flatten().to_numpy()
-            results = self.encoder.forward(torch.from_numpy(flat.reshape(-1, 3, side, side)).to(self.device))
+            pixels = torch.from_numpy(flat.reshape(-1, 3, side, side).copy())  # Arrow buffers are read-only
+            results = self.encoder.forward(pixels.to(self.device))
         for f in self.encoder.fields():
             values = np.zeros((batch.num_rows, f.type.list_size), np.float16)
             if ok.any():

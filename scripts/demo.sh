@@ -6,8 +6,12 @@ cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 export NO_ALBUMENTATIONS_UPDATE=1 LANCE_LOG=error
 .venv/bin/lumos-curate sample --output demo-out
+# The tiny encoders are seeded random test models of the real families (no weights can be fetched here).
+.venv/bin/lumos-encode --encoder tiny-vae --encoder tiny-dino \
+  --input demo-out/curated/images.lance --output demo-out/features.lance
 .venv/bin/python - <<'PY'
 import lance
-ds = lance.dataset("demo-out/curated/images.lance")
-print(f"demo-out/curated/images.lance: {ds.count_rows()} images, columns: {', '.join(ds.schema.names)}")
+for path in ("demo-out/curated/images.lance", "demo-out/features.lance"):
+    ds = lance.dataset(path)
+    print(f"{path}: {ds.count_rows()} rows, columns: {', '.join(ds.schema.names)}")
 PY
