@@ -112,22 +112,39 @@ def run_encode(input_uri: str, output_uri: str, encoders: list[EncoderConfig], d
         encoder = config.build()
         provenance = {**encoder.provenance(), "images": os.path.abspath(input_uri)}
         existing = _existing_provenance(output_uri, config.name)
-        if existing == provenance:
+        if existing is not None and _same(existing, provenance):
             say(f"{config.name}: already in {output_uri}, nothing to do")
             continue
         if existing is not None:
-            differs = sorted(k for k in set(existing) | set(provenance) if existing.get(k) != provenance.get(k))
+            differs = sorted(k for k in set(existing) | set(provenance)
+                             if k not in UNCOMPARED and existing.get(k) != provenance.get(k))
             raise UserError(f"{output_uri} already holds {config.name} features made differently (differs in: "
                             f"{', '.join(differs)}); write to another --output")
         config.build().load("cpu")  # missing weights fail here, in one line, before any work starts
         init_ray()
         stats[config.name] = _encode_one(images, input_uri, output_uri, config, encoder, provenance, device,
                                          batch_size, say)
-    stats_path = os.path.join(output_uri, "encode_stats.json")
     if stats and "://" not in output_uri:
-        previous = json.load(open(stats_path)) if os.path.exists(stats_path) else {}
+        stats_path = stats_file(output_uri)
+        previous = {}
+        if os.path.exists(stats_path):
+            with open(stats_path) as f:
+                previous = json.load(f)
         write_json(stats_path, {**previous, **stats})
     return {"encoders": stats, "total_s": round(time.monotonic() - started, 3)}
+
+
+UNCOMPARED = ("versions",)  # a library upgrade alone does not make features different
+
+
+def _same(a: dict, b: dict) -> bool:
+    return {k: v for k, v in a.items() if k not in UNCOMPARED} == {k: v for k, v in b.items() if k not in UNCOMPARED}
+
+
+def stats_file(output_uri: str) -> str:
+    """The job's stats, beside the table: features.lance → features.stats.json."""
+    base = output_uri.rstrip("/")
+    return (base[: -len(".lance")] if base.endswith(".lance") else base) + ".stats.json"
 
 
 def _existing_provenance(output_uri: str, name: str) -> dict | None:

@@ -14,7 +14,7 @@ from lumos.curation.dump_job import ScoreConfig, run_dump_job
 from lumos.curation.dumps import ImageNetReader
 from lumos.curation.prepare import PrepareConfig
 from lumos.curation.sample import encode, synthetic_image
-from lumos.pipeline.encode_job import EncoderConfig, run_encode
+from lumos.pipeline.encode_job import EncoderConfig, run_encode, stats_file
 from lumos.pipeline.encoders import get_encoder
 from lumos.schemas import features
 from lumos.schemas import images as cols
@@ -85,6 +85,9 @@ def test_encoders_write_every_id_once_in_fp16_matching_a_plain_forward(images_ta
             assert np.allclose(stored, reference[id_][c][0].astype(np.float32), atol=1e-3, rtol=1e-3)
         stored = np.asarray(both[dino][i].as_py(), np.float32)
         assert np.allclose(stored, dino_ref[id_][dino][0].astype(np.float32), atol=1e-3, rtol=1e-3)
+
+    with open(stats_file(out)) as f:  # the job's stats, beside the table
+        assert {k: v["images"] for k, v in json.load(f).items()} == {"tiny-vae": 14, "tiny-dino": 14}
 
     version = lance.dataset(out).version
     again = run_encode(images_table, out, [EncoderConfig("tiny-vae"), EncoderConfig("tiny-dino")],

@@ -1,0 +1,98 @@
+"""`lumos-encode` throughput and storage.
+
+1. Throughput: the whole encode job (read blobs from Lance, decode, preprocess, encode, stage, merge) against
+   the bare encoder forward on tensors decoded beforehand, in one process, same encoder and batch. The
+   encoder is `dino-b` with random weights (same compute as the real DINO ViT-B/16). Ray's start-up is
+   timed apart; the actor's start is inside the job's time.
+2. Storage: bytes on disk a row of a features table holding sd-vae@256 (mean + std) and dino-b CLS
+   (target <= 18 KB).
+
+    .venv/bin/python bench/encode.py [--images 256] [--batch 32] [--storage-images 32]
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import os
+import sys
+import tempfile
+import time
+
+import lance
+import numpy as np
+import pyarrow as pa
+import torch
+from PIL import Image
+
+from lumos.curation.sample import encode, synthetic_image
+from lumos.pipeline.encode_job import EncoderConfig, run_encode
+from lumos.pipeline.ray_runtime import init_ray
+from lumos.schemas import images as cols
+
+
+def images_table(path: str, count: int, per_fragment: int = 32) -> str:
+    rows = [{cols.ID: f"{i:08d}", cols.SOURCE: "bench", cols.KEY: str(i), cols.ORIGINAL_WIDTH: 683,
+             cols.ORIGINAL_HEIGHT: 512, cols.WIDTH: 683, cols.HEIGHT: 512, cols.SHA256: str(i),
+             cols.IMAGE: encode(synthetic_image(683, 512, seed=i))} for i in range(count)]
+    schema = cols.images_schema({"job": {"source": "bench"}})
+    lance.write_dataset(pa.Table.from_pylist(rows, schema=schema), path, schema=schema,
+                        max_rows_per_file=per_fragment)
+    return path
+
+
+def disk_bytes(path: str) -> int:
+    return sum(os.path.getsize(os.path.join(d, f)) for d, _, files in os.walk(path) for f in files)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--images", type=int, default=256)
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--storage-images", type=int, default=32)
+    args = parser.parse_args()
+    os.environ.setdefault("LANCE_LOG", "error")
+    say = lambda *_: None  # noqa: E731
+
+    with tempfile.TemporaryDirectory(prefix="lumos-bench-") as tmp:
+        table = images_table(os.path.join(tmp, "images.lance"), args.images)
+
+        config = EncoderConfig("dino-b", random_weights=True)
+        encoder = config.build().load("cpu")
+        blobs = [b.read() for b in lance.dataset(table).take_blobs(cols.IMAGE, indices=list(range(args.images)))]
+        pixels = torch.from_numpy(np.stack([encoder.preprocess(Image.open(io.BytesIO(b)).convert("RGB"))
+                                            for b in blobs]))  # decoded beforehand: not timed
+        encoder.forward(pixels[: args.batch])  # warm-up
+        t0 = time.perf_counter()
+        for start in range(0, args.images, args.batch):
+            encoder.forward(pixels[start : start + args.batch])
+        bare_s = time.perf_counter() - t0
+        del encoder, pixels
+
+        t0 = time.perf_counter()
+        init_ray()
+        startup_s = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        run_encode(table, os.path.join(tmp, "features.lance"), [config], batch_size=args.batch, say=say)
+        job_s = time.perf_counter() - t0
+        assert lance.dataset(os.path.join(tmp, "features.lance")).count_rows() == args.images
+
+        small = images_table(os.path.join(tmp, "small.lance"), args.storage_images)
+        both = os.path.join(tmp, "vae_dino.lance")
+        run_encode(small, both, [EncoderConfig("sd-vae", 256, random_weights=True), config],
+                   batch_size=8, say=say)
+        per_row = disk_bytes(both) / lance.dataset(both).count_rows()
+
+    bare, job = args.images / bare_s, args.images / job_s
+    print(f"dino-b (random weights) on cpu, {args.images} images of 683x512, batch {args.batch}")
+    print(f"bare forward on pre-decoded tensors : {bare:8.2f} images/s")
+    print(f"lumos-encode end to end             : {job:8.2f} images/s  (read, decode, preprocess, encode, "
+          f"write; ray start-up {startup_s:.1f} s not included)")
+    print(f"ratio encode/bare: {job / bare:.2f}   (target >= 0.8)")
+    print(f"storage, sd-vae@256 mean+std + dino-b cls: {per_row / 1024:.2f} KB a row on disk over "
+          f"{args.storage_images} rows (target <= 18 KB; the raw fp16 payload is 17.5 KB)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
