@@ -12,6 +12,7 @@ import pyarrow as pa
 from PIL import Image
 
 from lumos.curation.errors import UserError
+from lumos.schemas.features import shape_of
 from lumos.schemas.images import library_versions
 
 
@@ -29,6 +30,11 @@ class ImageEncoder:
     model: object = field(default=None, init=False, repr=False)
 
     # --- each family fills these in ---
+    @property
+    def input_size(self) -> int:
+        """Side of the square input the model takes."""
+        raise NotImplementedError
+
     def fields(self) -> list[pa.Field]:
         raise NotImplementedError
 
@@ -66,15 +72,9 @@ class ImageEncoder:
             "weights_path": self.weights,
             "random_weights": self.random_weights,
             "dtype": "float16",
-            "shapes": {f.name: list(_shape(f)) for f in self.fields()},
+            "shapes": {f.name: list(shape_of(f)) for f in self.fields()},
             "versions": library_versions("torch", "diffusers", "timm", "transformers", "open_clip_torch"),
         }
-
-
-def _shape(f: pa.Field) -> tuple[int, ...]:
-    from lumos.schemas.features import shape_of
-
-    return shape_of(f)
 
 
 @contextmanager
