@@ -214,10 +214,11 @@ def _merge(staging: str, output_uri: str, encoder, provenance: dict) -> None:
         ds = lance.write_dataset(staged.sort_by(cols.ID), output_uri)
     else:
         ds = lance.dataset(output_uri)
-        missing = pc.invert(pc.is_in(staged[cols.ID], value_set=ds.to_table(columns=[cols.ID])[cols.ID]))
-        if pc.any(missing).as_py():
-            raise UserError(f"{output_uri} was made from other images than the table being encoded")
-        ds.merge(staged, left_on=cols.ID)
-        ds = lance.dataset(output_uri)
+        if not set(names) <= set(ds.schema.names):  # already there: a run killed before its metadata commit
+            missing = pc.invert(pc.is_in(staged[cols.ID], value_set=ds.to_table(columns=[cols.ID])[cols.ID]))
+            if pc.any(missing).as_py():
+                raise UserError(f"{output_uri} was made from other images than the table being encoded")
+            ds.merge(staged, left_on=cols.ID)
+            ds = lance.dataset(output_uri)
     ds.update_schema_metadata({features.META_ENCODER + encoder.name: json.dumps(provenance, sort_keys=True)})
     shutil.rmtree(staging, ignore_errors=True)
