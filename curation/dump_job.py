@@ -18,7 +18,7 @@ from lumos.curation.errors import UserError
 from lumos.curation.filters import Threshold
 from lumos.curation.job_dir import JobDir, stage_stats, write_json
 from lumos.curation.lance_sink import write_counted
-from lumos.curation.prepare import PrepareConfig, prepare
+from lumos.curation.prepare import PrepareConfig, Prepared, prepare
 from lumos.curation.scoring import add_scores
 from lumos.pipeline.ray_runtime import init_ray
 from lumos.schemas import images as cols
@@ -64,7 +64,7 @@ class ReadPrepare:
         if reason is None and raw.declared_size and raw.declared_size != (prepared.original_width,
                                                                            prepared.original_height):
             reason = "size_mismatch"  # the annotation and the file disagree: one of them is wrong
-        p = prepared or _NOTHING
+        p = prepared or Prepared()  # a row refused while reading: nothing was decoded
         return {
             cols.ID: cols.make_id(self.reader.source, raw.key),
             cols.SOURCE: self.reader.source,
@@ -81,13 +81,6 @@ class ReadPrepare:
             cols.IMAGE: p.image if reason is None else None,
             cols.DROP_REASON: reason,
         }
-
-
-class _Nothing:
-    original_width = original_height = width = height = sha256 = image = None
-
-
-_NOTHING = _Nothing()
 
 
 @dataclass
