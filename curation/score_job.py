@@ -14,7 +14,7 @@ import pyarrow.compute as pc
 from lumos.curation.dump_job import ScoreConfig
 from lumos.curation.job_dir import open_images_table
 from lumos.curation.scoring import add_scores
-from lumos.pipeline.image_reader import fragment_dataset
+from lumos.pipeline.fragment_reader import fragment_dataset
 from lumos.pipeline.ray_runtime import init_ray
 from lumos.schemas import images as cols
 

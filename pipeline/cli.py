@@ -25,10 +25,20 @@ def encode(
     input: str = typer.Option(..., "--input", help="The images table (images.lance from lumos-curate)."),
     output: str = typer.Option(..., "--output", help="The features table (created, or given new columns)."),
     resolution: int = typer.Option(256, help="VAE input size: center square crop resized to this (paper: 256)."),
-    batch_size: int = typer.Option(32, help="Images per encoder forward."),
-    weights: Optional[str] = typer.Option(None, help="Local weights for the (single) real encoder, instead of "
-                                          "its hub id."),
+    batch_size: int = typer.Option(32, help="Rows per encoder forward."),
+    weights: Optional[str] = typer.Option(None, help="Local weights for the (single) real encoder instead of its "
+                                          "hub id: a folder (VAE, T5), a file (timm ViT, open_clip), the "
+                                          "vit-b-300ep.pth.tar checkpoint (mocov3-b, required)."),
     device: str = typer.Option("auto", help="auto: GPUs when the Ray cluster has them; cuda; cpu."),
+    precision: str = typer.Option("fp32", help="Compute dtype: fp32, or bf16 (faster on GPUs; T5-XXL is "
+                                  "usually run in bf16). Never fp16: T5 overflows to NaN. Stored features are "
+                                  "fp16 either way."),
+    tokens: str = typer.Option("cls", help="ViT encoders (dino-b, dinov2-b, clip-l, mocov3-b, tiny-dino, "
+                               "tiny-clip): what to store besides the CLS vector, as `{name}_tokens`: cls (nothing "
+                               "more, as the paper's model), patch, all (CLS + patches), top119 (CLS + the 119 "
+                               "patches the CLS attends to most). Other encoders ignore it."),
+    gpus_per_actor: float = typer.Option(1.0, help="GPUs each encoder actor takes; below 1 packs several actors "
+                                         "on one GPU (e.g. 0.5 for dino-b)."),
 ):
     """Encode every image once per encoder; re-running is a no-op, a killed run resumes by shard."""
     from lumos.pipeline.encode_job import EncoderConfig, run_encode
@@ -38,15 +48,20 @@ def encode(
             raise UserError(f"--device {device}: expected auto, cuda or cpu")
         if weights and len(encoder) > 1:
             raise UserError("--weights applies to one encoder: run the encoders one at a time")
-        configs = [EncoderConfig(name, resolution, weights) for name in encoder]
+        if batch_size < 1 or not 0 < gpus_per_actor <= 8:
+            raise UserError("--batch-size must be >= 1 and --gpus-per-actor in (0, 8]")
+        configs = [EncoderConfig(name, resolution, weights, precision=precision, tokens=tokens) for name in encoder]
         for c in configs:
-            c.build()  # an unknown name fails here
-        stats = run_encode(input, output, configs, device, batch_size, say=err_console.print)
+            c.build()  # an unknown name or option fails here
+        stats = run_encode(input, output, configs, device, batch_size, gpus_per_actor, say=err_console.print,
+                           progress=True)
     except UserError as err:
         err_console.print(f"[red]error:[/red] {err}", highlight=False, soft_wrap=True)
         raise typer.Exit(2) from None
     for name, s in stats["encoders"].items():
-        print(f"{name}: {s['images']} images, {s['failed_to_decode']} failed to decode, {s['seconds']:.1f}s")
+        missing = ", ".join(f"{n} {k}" for k, n in s.items() if k not in ("rows", "encoded_now", "seconds") and n)
+        print(f"{name}: {s['rows']} rows ({s['encoded_now']} encoded now) in {s['seconds']:.1f}s; "
+              f"without features: {missing or 'none'}")
 
 
 if __name__ == "__main__":

@@ -12,67 +12,39 @@ by `id`, without touching (or copying) the columns already there.
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import shutil
 import time
 from dataclasses import dataclass, field
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-from PIL import Image
 
 from lumos.curation.errors import UserError
 from lumos.curation.job_dir import open_images_table, table_exists, write_json
-from lumos.pipeline.encoders import get_encoder
-from lumos.pipeline.image_reader import fragment_dataset
+from lumos.pipeline.encoders import EncoderConfig
+from lumos.pipeline.fragment_reader import fragment_dataset
 from lumos.pipeline.ray_runtime import init_ray
 from lumos.schemas import features
 from lumos.schemas import images as cols
 
 
-@dataclass(frozen=True)
-class EncoderConfig:
-    name: str
-    resolution: int = 256
-    weights: str | None = None
-    random_weights: bool = False  # tests of the real architectures only
-
-    def build(self):
-        return get_encoder(self.name, self.resolution, self.weights, self.random_weights)
-
-
 @dataclass
-class Preprocess:
-    """CPU stage: stored image bytes → the encoder's input pixels (null where the image does not decode)."""
+class Prepare:
+    """CPU stage: decode and resize images, or tokenize captions (null where a row cannot be prepared)."""
 
     config: EncoderConfig
     encoder: object = field(default=None, init=False, repr=False)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         self.encoder = self.encoder or self.config.build()
-        arrays, size = [], None
-        for data in batch[cols.IMAGE].to_pylist():
-            try:
-                with Image.open(io.BytesIO(data)) as im:
-                    x = self.encoder.preprocess(im.convert("RGB"))
-                size = x.size
-                arrays.append(x.reshape(-1))
-            except Exception:  # noqa: BLE001 - counted by the driver as failed_to_decode
-                arrays.append(None)
-        flat = [a if a is not None else np.zeros(size or 1, np.float32) for a in arrays]
-        values = pa.array(np.concatenate(flat) if flat else np.zeros(0, np.float32))
-        offsets = pa.array(np.concatenate([[0], np.cumsum([len(a) for a in flat])]).astype(np.int32))
-        mask = pa.array([a is None for a in arrays])
-        pixels = pa.ListArray.from_arrays(offsets, values, mask=mask)
-        return batch.drop_columns([cols.IMAGE]).append_column(features.PIXELS, pixels)
+        return self.encoder.prepare(batch)
 
 
 @dataclass
 class Encode:
-    """Actor stage: the encoder is loaded once per actor; pixels in, fp16 feature columns out."""
+    """Actor stage: the encoder is loaded once per actor; prepared rows in, fp16 feature columns out."""
 
     config: EncoderConfig
     device: str = "cpu"
@@ -86,26 +58,22 @@ class Encode:
 
         if self.device == "cpu":  # the model is the bottleneck: every core of the node (see scoring.py)
             torch.set_num_threads(len(os.sched_getaffinity(0)))
-        ok = pc.is_valid(batch[features.PIXELS]).to_numpy(zero_copy_only=False)
-        out = pa.table({cols.ID: batch[cols.ID], features.SHARD: batch[features.SHARD]})
-        side, results = self.encoder.input_size, {}
-        if ok.any():
-            flat = batch.filter(pa.array(ok))[features.PIXELS].combine_chunks().flatten().to_numpy()
-            pixels = torch.from_numpy(flat.reshape(-1, 3, side, side).copy())  # Arrow buffers are read-only
-            results = self.encoder.forward(pixels.to(self.device))
-        for f in self.encoder.fields():
-            values = np.zeros((batch.num_rows, f.type.list_size), np.float16)
-            if ok.any():
-                values[ok] = results[f.name]
-            column = pa.FixedSizeListArray.from_arrays(pa.array(values.reshape(-1)), f.type.list_size,
-                                                       mask=pa.array(~ok))
-            out = out.append_column(f.name, column)
-        return out
+        return self.encoder.encode(batch)
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where the encoder actors run."""
+
+    device: str = "auto"  # auto: GPUs when the Ray cluster has them | cuda | cpu
+    batch_size: int = 32
+    gpus_per_actor: float = 1.0  # < 1 packs several actors on one GPU (small encoders)
 
 
 def run_encode(input_uri: str, output_uri: str, encoders: list[EncoderConfig], device: str = "auto",
-               batch_size: int = 32, say=print) -> dict:
-    """Encode every image of `input_uri` with each encoder not already in `output_uri`; returns stats."""
+               batch_size: int = 32, gpus_per_actor: float = 1.0, say=print, progress: bool = False) -> dict:
+    """Encode every row of `input_uri` with each encoder not already in `output_uri`; returns stats."""
+    placement = Placement(device, batch_size, gpus_per_actor)
     images = open_images_table(input_uri, "--input")
     started, stats = time.monotonic(), {}
     for config in encoders:
@@ -120,10 +88,10 @@ def run_encode(input_uri: str, output_uri: str, encoders: list[EncoderConfig], d
                              if k not in UNCOMPARED and existing.get(k) != provenance.get(k))
             raise UserError(f"{output_uri} already holds {config.name} features made differently (differs in: "
                             f"{', '.join(differs)}); write to another --output")
-        config.build().load("cpu")  # missing weights fail here, in one line, before any work starts
+        encoder.check()  # missing weights fail here, in one line, before any work starts
         init_ray()
-        stats[config.name] = _encode_one(images, input_uri, output_uri, config, encoder, provenance, device,
-                                         batch_size, say)
+        stats[config.name] = _encode_one(images, input_uri, output_uri, config, encoder, provenance, placement,
+                                         say, progress)
     if stats and "://" not in output_uri:
         stats_path = stats_file(output_uri)
         previous = {}
@@ -160,10 +128,12 @@ def _str_meta(meta) -> dict:
             for k, v in (meta or {}).items()}
 
 
-def _encode_one(images, input_uri, output_uri, config, encoder, provenance, device, batch_size, say) -> dict:
+def _encode_one(images, input_uri, output_uri, config, encoder, provenance, placement: Placement, say,
+                progress: bool) -> dict:
     import lance
     import ray
     from ray.data import ActorPoolStrategy
+    from tqdm import tqdm
 
     staging = os.path.join(output_uri, "_staging", f"{features.prefix(config.name)}.lance")
     expected = {f.fragment_id: f.count_rows() for f in images.get_fragments()}
@@ -171,34 +141,46 @@ def _encode_one(images, input_uri, output_uri, config, encoder, provenance, devi
     if table_exists(staging):
         done = set(pc.unique(lance.dataset(staging).to_table(columns=[features.SHARD])[features.SHARD]).to_pylist())
     todo = [s for s in expected if s not in done]
-    say(f"{config.name}: {sum(expected[s] for s in todo)} images in {len(todo)} shards to encode "
-        f"({len(done)} shards already done)")
-    gpus = int(ray.cluster_resources().get("GPU", 0))
-    use_gpu = device == "cuda" or (device == "auto" and gpus > 0)
+    total = sum(expected[s] for s in todo)
+    say(f"{config.name}: {total} rows in {len(todo)} shards to encode ({len(done)} shards already done)")
+    gpus = ray.cluster_resources().get("GPU", 0)
+    use_gpu = placement.device == "cuda" or (placement.device == "auto" and gpus > 0)
+    actors = max(int(gpus // placement.gpus_per_actor), 1) if use_gpu else 1
     schema = pa.schema([pa.field(cols.ID, pa.string()), pa.field(features.SHARD, pa.int64()), *encoder.fields()])
-    failed, started, encoded = 0, time.monotonic(), 0
+    tallies = staging[: -len(".lance")] + ".tally"  # per shard: rows without features, per reason
+    os.makedirs(tallies, exist_ok=True)
+    started = time.monotonic()
     if todo:
-        ds = fragment_dataset(input_uri, todo)
-        ds = ds.map_batches(Preprocess(config), batch_format="pyarrow", batch_size=batch_size)
+        if progress:  # ours counts rows out of the whole pipeline; Ray's per-operator bars would interleave
+            ray.data.DataContext.get_current().enable_progress_bars = False
+        ds = fragment_dataset(input_uri, todo, encoder.inputs())
+        ds = ds.map_batches(Prepare(config), batch_format="pyarrow", batch_size=placement.batch_size)
         ds = ds.map_batches(Encode, fn_constructor_kwargs={"config": config, "device": "cuda" if use_gpu else "cpu"},
-                            batch_format="pyarrow", batch_size=batch_size,
-                            compute=ActorPoolStrategy(size=max(gpus, 1) if use_gpu else 1),
-                            num_gpus=1 if use_gpu else 0)
+                            batch_format="pyarrow", batch_size=placement.batch_size,
+                            compute=ActorPoolStrategy(size=actors),
+                            num_gpus=placement.gpus_per_actor if use_gpu else 0)
         pending: dict[int, list[pa.Table]] = {}
-        for batch in ds.iter_batches(batch_format="pyarrow", batch_size=None):
-            for shard in pc.unique(batch[features.SHARD]).to_pylist():
-                pending.setdefault(shard, []).append(batch.filter(pc.equal(batch[features.SHARD], shard)))
-                if sum(t.num_rows for t in pending[shard]) == expected[shard]:
-                    rows = pa.concat_tables(pending.pop(shard)).cast(schema)
-                    good = rows.filter(pc.is_valid(rows[encoder.fields()[0].name]))
-                    failed += rows.num_rows - good.num_rows
-                    mode = "append" if table_exists(staging) else "create"
-                    lance.write_dataset(good, staging, schema=schema, mode=mode)  # one commit: the shard is in
-                    encoded += rows.num_rows
-                    rate = encoded / max(time.monotonic() - started, 1e-9)
-                    say(f"{config.name}: shard {shard} done, {encoded} images, {rate:.1f} images/s")
+        with tqdm(total=total, unit="img", desc=config.name, disable=not progress, dynamic_ncols=True) as bar:
+            for batch in ds.iter_batches(batch_format="pyarrow", batch_size=None):
+                bar.update(batch.num_rows)
+                for shard in pc.unique(batch[features.SHARD]).to_pylist():
+                    pending.setdefault(shard, []).append(batch.filter(pc.equal(batch[features.SHARD], shard)))
+                    if sum(t.num_rows for t in pending[shard]) == expected[shard]:
+                        rows = pa.concat_tables(pending.pop(shard)).cast(schema)
+                        write_json(os.path.join(tallies, f"{shard}.json"), encoder.tally(rows))  # before the commit
+                        mode = "append" if table_exists(staging) else "create"
+                        lance.write_dataset(rows, staging, schema=schema, mode=mode)  # one commit: the shard is in
+    counts: dict[str, int] = {}
+    for shard in expected:  # every shard, those of a killed earlier run included
+        with open(os.path.join(tallies, f"{shard}.json")) as f:
+            for reason, n in json.load(f).items():
+                counts[reason] = counts.get(reason, 0) + n
     _merge(staging, output_uri, encoder, provenance)
-    return {"images": sum(expected.values()), "failed_to_decode": failed,
+    shutil.rmtree(tallies, ignore_errors=True)
+    for reason, n in counts.items():
+        if n:
+            say(f"{config.name}: {n} rows without features: {reason}")
+    return {"rows": sum(expected.values()), "encoded_now": total, **counts,
             "seconds": round(time.monotonic() - started, 3)}
 
 

@@ -1,8 +1,14 @@
 """The features table: one row per image `id`, columns written by each frozen encoder.
 
-Column names: `{name}_mean` / `{name}_std` (VAE posterior), `{name}_cls` (image encoders), with `name` the
-encoder name with `-` → `_`. Tensors are `fixed_size_list<halffloat>`, which `lance.torch` reads outside
-Ray; each field's metadata holds its shape. The table metadata holds one provenance record per encoder.
+Column names, with `name` the encoder name with `-` → `_`:
+    `{name}_mean` / `{name}_std`    VAE posterior                          fixed_size_list<halffloat>
+    `{name}_cls`, `{name}_tokens`   image encoders: CLS, token set          fixed_size_list<halffloat>
+    `{name}_tokens` / `{name}_len`  text encoders: the valid tokens only    list<halffloat> (len × D), int32
+    `{name}_long_tokens` / `{name}_long_len`   the same for the long caption
+Fixed-size tensors are `fixed_size_list<halffloat>`, which `lance.torch` reads outside Ray; each field's
+metadata holds its shape (-1: the length varies by row). The table metadata holds one provenance record per
+encoder. There is one row per image id; a row an encoder could not encode (an image that does not decode,
+no caption) holds nulls in that encoder's columns.
 """
 
 from __future__ import annotations
@@ -36,8 +42,39 @@ def cls_column(encoder: str) -> str:
     return f"{prefix(encoder)}_cls"
 
 
+def tokens_column(encoder: str) -> str:
+    return f"{prefix(encoder)}_tokens"
+
+
+def len_column(encoder: str) -> str:
+    return f"{prefix(encoder)}_len"
+
+
+def long_tokens_column(encoder: str) -> str:
+    return f"{prefix(encoder)}_long_tokens"
+
+
+def long_len_column(encoder: str) -> str:
+    return f"{prefix(encoder)}_long_len"
+
+
+def token_ids_column(caption_column: str) -> str:
+    """In flight only: a caption's token ids, padded."""
+    return f"encoder_ids_{caption_column}"
+
+
 def tensor_field(name: str, shape: tuple[int, ...]) -> pa.Field:
     return pa.field(name, pa.list_(pa.float16(), math.prod(shape)), metadata={FIELD_SHAPE: json.dumps(list(shape))})
+
+
+def token_list_field(name: str, dim: int) -> pa.Field:
+    """A variable number of `dim`-vectors a row, flattened: list<halffloat> of length n × dim."""
+    return pa.field(name, pa.list_(pa.float16()), metadata={FIELD_SHAPE: json.dumps([-1, dim])})
+
+
+def length_field(name: str) -> pa.Field:
+    """How many vectors a row of a token_list_field holds (null: nothing to encode)."""
+    return pa.field(name, pa.int32(), metadata={FIELD_SHAPE: json.dumps([])})
 
 
 def shape_of(field: pa.Field) -> tuple[int, ...]:
@@ -49,5 +86,6 @@ def provenance_of(metadata: dict | None, encoder: str) -> dict | None:
     return json.loads(raw) if raw else None
 
 
-__all__ = ["ID", "SHARD", "PIXELS", "prefix", "mean_column", "std_column", "cls_column", "tensor_field",
-           "shape_of", "provenance_of"]
+__all__ = ["ID", "SHARD", "PIXELS", "prefix", "mean_column", "std_column", "cls_column", "tokens_column",
+           "len_column", "long_tokens_column", "long_len_column", "token_ids_column", "tensor_field",
+           "token_list_field", "length_field", "shape_of", "provenance_of"]

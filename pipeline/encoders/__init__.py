@@ -2,27 +2,68 @@
 
 from __future__ import annotations
 
-from lumos.curation.errors import UserError
-from lumos.pipeline.encoders.base import ImageEncoder
-from lumos.pipeline.encoders.vae import VaeEncoder
-from lumos.pipeline.encoders.vit import VitEncoder
+from dataclasses import dataclass
 
-# name → builder(resolution, weights, random_weights)
+from lumos.curation.errors import UserError
+from lumos.pipeline.encoders.base import PRECISIONS, Encoder
+from lumos.pipeline.encoders.clip import ClipEncoder
+from lumos.pipeline.encoders.t5 import T5Encoder
+from lumos.pipeline.encoders.vae import VaeEncoder
+from lumos.pipeline.encoders.vision import TOKEN_SETS
+from lumos.pipeline.encoders.vit import MocoV3Encoder, VitEncoder
+
+
+@dataclass(frozen=True)
+class EncoderConfig:
+    """An encoder by name, with what the command line sets for it. `random_weights` builds the real
+    architecture without its weights: tests of the real code path only."""
+
+    name: str
+    resolution: int = 256  # VAE input side
+    weights: str | None = None  # a local path instead of the hub id
+    random_weights: bool = False
+    precision: str = "fp32"  # compute dtype: fp32 | bf16
+    tokens: str = "cls"  # ViT encoders: cls | patch | all | top119
+
+    def build(self) -> Encoder:
+        if self.name not in ENCODERS:
+            raise UserError(f"unknown encoder {self.name!r}; choose from {', '.join(ENCODERS)}")
+        if self.precision not in PRECISIONS:
+            raise UserError(f"--precision {self.precision}: expected one of {', '.join(PRECISIONS)}")
+        if self.tokens not in TOKEN_SETS:
+            raise UserError(f"--tokens {self.tokens}: expected one of {', '.join(TOKEN_SETS)}")
+        return ENCODERS[self.name](self.name, self)  # `tokens` is read by the ViT encoders only
+
+
+def _vae(hub_id):
+    return lambda name, o: VaeEncoder(name, o.weights, o.random_weights, o.precision, hub_id=hub_id,
+                                      resolution=o.resolution)
+
+
+def _vit(cls, **kwargs):
+    return lambda name, o: cls(name, o.weights, o.random_weights, o.precision, tokens=o.tokens, **kwargs)
+
+
+def _t5(hub_id):
+    return lambda name, o: T5Encoder(name, o.weights, o.random_weights, o.precision, hub_id=hub_id)
+
+
 ENCODERS = {
-    "sd-vae": lambda r, w, rnd: VaeEncoder("sd-vae", w, rnd, hub_id="stabilityai/sd-vae-ft-mse", resolution=r),
-    "sd-vae-ema": lambda r, w, rnd: VaeEncoder("sd-vae-ema", w, rnd, hub_id="stabilityai/sd-vae-ft-ema",
-                                               resolution=r),
-    "dino-b": lambda r, w, rnd: VitEncoder("dino-b", w, rnd, timm_name="vit_base_patch16_224.dino"),
-    "dinov2-b": lambda r, w, rnd: VitEncoder("dinov2-b", w, rnd, timm_name="vit_base_patch14_dinov2.lvd142m",
-                                             timm_kwargs={"img_size": 224}),
+    "sd-vae": _vae("stabilityai/sd-vae-ft-mse"),  # as official Lumos
+    "sd-vae-ema": _vae("stabilityai/sd-vae-ft-ema"),
+    "dino-b": _vit(VitEncoder, timm_name="vit_base_patch16_224.dino"),  # the paper's condition encoder
+    "dinov2-b": _vit(VitEncoder, timm_name="vit_base_patch14_dinov2.lvd142m", patch_size=14,
+                     timm_kwargs={"img_size": 224}),
+    "clip-l": _vit(ClipEncoder),
+    "mocov3-b": _vit(MocoV3Encoder),
+    "t5-xxl": _t5("google/flan-t5-xxl"),  # as the paper
+    "t5-v1_1-xxl": _t5("google/t5-v1_1-xxl"),  # as official Lumos code
     # Test encoders: seeded, random, small; the same name always builds the same weights.
-    "tiny-vae": lambda r, w, rnd: VaeEncoder("tiny-vae", None, False, hub_id=None, resolution=r),
-    "tiny-dino": lambda r, w, rnd: VitEncoder("tiny-dino", None, False, timm_name="tiny", dim=64),
+    "tiny-vae": lambda name, o: VaeEncoder(name, None, False, o.precision, hub_id=None, resolution=o.resolution),
+    "tiny-dino": lambda name, o: VitEncoder(name, None, False, o.precision, tokens=o.tokens, timm_name="tiny",
+                                            dim=64),
+    "tiny-clip": lambda name, o: ClipEncoder(name, None, False, o.precision, tokens=o.tokens, model_name="tiny",
+                                             dim=64, patch_size=16),
+    "tiny-t5": lambda name, o: T5Encoder(name, None, False, o.precision, hub_id=None),
 }
 
-
-def get_encoder(name: str, resolution: int = 256, weights: str | None = None,
-                random_weights: bool = False) -> ImageEncoder:
-    if name not in ENCODERS:
-        raise UserError(f"unknown encoder {name!r}; choose from {', '.join(ENCODERS)}")
-    return ENCODERS[name](resolution, weights, random_weights)

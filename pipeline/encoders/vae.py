@@ -59,11 +59,11 @@ class VaeEncoder(ImageEncoder):
             raise missing_weights(f"the VAE {self.name}", source, err) from None
 
     def forward(self, pixels) -> dict[str, np.ndarray]:
-        dist = self.model.encode(pixels).latent_dist  # fp32 encode: fp16 latents drift (DESIGN §4)
+        dist = self.model.encode(pixels).latent_dist  # fp32 by default, bf16 on request; never fp16 (DESIGN §4)
         return {features.mean_column(self.name): dist.mean.half().flatten(1).cpu().numpy(),
                 features.std_column(self.name): dist.std.half().flatten(1).cpu().numpy()}
 
     def describe(self) -> dict:
         return {"weights": self.hub_id or "tiny-vae (seeded random test model)", "resolution": self.resolution,
                 "crop": "center square", "resize": "bicubic", "normalisation": "[-1, 1]",
-                "scaling_factor": SCALING_FACTOR, "compute_dtype": "float32"}
+                "scaling_factor": SCALING_FACTOR}
