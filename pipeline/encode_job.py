@@ -25,7 +25,7 @@ from lumos.curation.errors import UserError
 from lumos.curation.job_dir import open_images_table, table_exists, write_json
 from lumos.pipeline.encoders import EncoderConfig
 from lumos.pipeline.fragment_reader import fragment_dataset
-from lumos.pipeline.ray_runtime import init_ray
+from lumos.pipeline.ray_runtime import describe_cluster, init_ray
 from lumos.schemas import features
 from lumos.schemas import images as cols
 
@@ -89,7 +89,9 @@ def run_encode(input_uri: str, output_uri: str, encoders: list[EncoderConfig], d
             raise UserError(f"{output_uri} already holds {config.name} features made differently (differs in: "
                             f"{', '.join(differs)}); write to another --output")
         encoder.check()  # missing weights fail here, in one line, before any work starts
-        init_ray()
+        if not stats:
+            init_ray()
+            say(describe_cluster())
         stats[config.name] = _encode_one(images, input_uri, output_uri, config, encoder, provenance, placement,
                                          say, progress)
     if stats and "://" not in output_uri:

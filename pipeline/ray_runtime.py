@@ -32,3 +32,14 @@ def init_ray(num_cpus: int | None = None) -> None:
 
 def on_cluster() -> bool:
     return bool(os.environ.get("RAY_ADDRESS"))
+
+
+def describe_cluster() -> str:
+    """One line for the user: where the work runs."""
+    import ray
+
+    nodes = sum(1 for n in ray.nodes() if n.get("Alive"))
+    res = ray.cluster_resources()
+    where = f"cluster at {os.environ['RAY_ADDRESS']}" if on_cluster() else "embedded"
+    return (f"Ray {where}: {nodes} node{'s' if nodes != 1 else ''}, {int(res.get('CPU', 0))} CPUs, "
+            f"{res.get('GPU', 0):g} GPUs")

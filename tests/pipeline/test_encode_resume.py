@@ -16,10 +16,11 @@ from lumos.schemas import features
 from lumos.schemas import images as cols
 
 
-def _images(path, count=48, per_fragment=4):
+def _images(path, count=48, per_fragment=4, corrupt=()):
     rows = [{cols.ID: f"id{i:03d}", cols.SOURCE: "test", cols.KEY: f"k{i}", cols.ORIGINAL_WIDTH: 96,
-             cols.ORIGINAL_HEIGHT: 80, cols.WIDTH: 96, cols.HEIGHT: 80, cols.SHA256: f"s{i}",
-             cols.IMAGE: encode(synthetic_image(96, 80, seed=i))} for i in range(count)]
+             cols.ORIGINAL_HEIGHT: 80, cols.WIDTH: 96, cols.HEIGHT: 80, cols.SHA256: f"s{i}", cols.CAPTION: f"c {i}",
+             cols.IMAGE: b"\xff\xd8 not a jpeg" if i in corrupt else encode(synthetic_image(96, 80, seed=i))}
+            for i in range(count)]
     schema = cols.images_schema({"job": {"source": "test"}})
     lance.write_dataset(pa.Table.from_pylist(rows, schema=schema), path, schema=schema,
                         max_rows_per_file=per_fragment)  # 12 fragments: 12 shards
