@@ -5,7 +5,9 @@
    encoder is `dino-b` with random weights (same compute as the real DINO ViT-B/16). Ray's start-up is
    timed apart; the actor's start is inside the job's time.
 2. Storage: bytes on disk a row of a features table holding sd-vae@256 (mean + std) and dino-b CLS
-   (target <= 18 KB).
+   (target <= 18 KB); and of a T5 table against its payload, valid tokens × 8 KB (target <= 1.15x). The T5
+   is `bench-t5-4096`: T5-XXL's width (4096) at one layer with random weights, so that a CPU makes vectors
+   of the real size; captions of 10 to 119 byte tokens.
 
     .venv/bin/python bench/encode.py [--images 256] [--batch 32] [--storage-images 32]
 """
@@ -31,9 +33,12 @@ from lumos.pipeline.ray_runtime import init_ray
 from lumos.schemas import images as cols
 
 
-def images_table(path: str, count: int, per_fragment: int = 32) -> str:
+def images_table(path: str, count: int, per_fragment: int = 32, captions: bool = False) -> str:
+    words = "a photo of an old stone bridge over a quiet river at dawn with mist and trees".split()
     rows = [{cols.ID: f"{i:08d}", cols.SOURCE: "bench", cols.KEY: str(i), cols.ORIGINAL_WIDTH: 683,
              cols.ORIGINAL_HEIGHT: 512, cols.WIDTH: 683, cols.HEIGHT: 512, cols.SHA256: str(i),
+             cols.CAPTION: " ".join(words * 10)[: 9 + (i * 37) % 110] if captions else None,
+             cols.LONG_CAPTION: " ".join(words * 10)[:118] if captions and i % 2 else None,
              cols.IMAGE: encode(synthetic_image(683, 512, seed=i))} for i in range(count)]
     schema = cols.images_schema({"job": {"source": "bench"}})
     lance.write_dataset(pa.Table.from_pylist(rows, schema=schema), path, schema=schema,
@@ -83,6 +88,15 @@ def main() -> int:
                    batch_size=8, say=say)
         per_row = disk_bytes(both) / lance.dataset(both).count_rows()
 
+        captioned = images_table(os.path.join(tmp, "captioned.lance"), args.storage_images, captions=True)
+        text = os.path.join(tmp, "t5.lance")
+        run_encode(captioned, text, [EncoderConfig("bench-t5-4096")], batch_size=8, say=say)
+        t5 = lance.dataset(text)
+        valid_tokens = sum(t5.to_table(columns=["bench_t5_4096_len", "bench_t5_4096_long_len"]).to_pandas()
+                           .fillna(0).sum())
+        t5_bytes = disk_bytes(text)
+        t5_ratio = t5_bytes / (valid_tokens * 4096 * 2)
+
     bare, job = args.images / bare_s, args.images / job_s
     print(f"dino-b (random weights) on cpu, {args.images} images of 683x512, batch {args.batch}")
     print(f"bare forward on pre-decoded tensors : {bare:8.2f} images/s")
@@ -91,6 +105,9 @@ def main() -> int:
     print(f"ratio encode/bare: {job / bare:.2f}   (target >= 0.8)")
     print(f"storage, sd-vae@256 mean+std + dino-b cls: {per_row / 1024:.2f} KB a row on disk over "
           f"{args.storage_images} rows (target <= 18 KB; the raw fp16 payload is 17.5 KB)")
+    print(f"storage, t5 (width 4096) valid tokens + lengths: {t5_bytes / args.storage_images / 1024:.1f} KB "
+          f"a row on disk for {valid_tokens / args.storage_images:.1f} valid tokens a row (captions + long "
+          f"captions); {t5_ratio:.3f} x the payload of valid tokens x 8 KB (target <= 1.15)")
     return 0
 
 

@@ -50,6 +50,9 @@ def encode(
             raise UserError("--weights applies to one encoder: run the encoders one at a time")
         if batch_size < 1 or not 0 < gpus_per_actor <= 8:
             raise UserError("--batch-size must be >= 1 and --gpus-per-actor in (0, 8]")
+        for name in encoder:
+            if name not in ENCODERS:
+                raise UserError(f"unknown encoder {name!r}; choose from {', '.join(ENCODERS)}")
         configs = [EncoderConfig(name, resolution, weights, precision=precision, tokens=tokens) for name in encoder]
         for c in configs:
             c.build()  # an unknown name or option fails here

@@ -1,8 +1,8 @@
 """`lumos-encode`: run frozen encoders once over an images table, into feature columns of a Lance table.
 
-    fragments of images.lance → read + decode + preprocess (CPU tasks) → encoder (actor pool, a GPU each
-    when present) → rows appended to OUT/_staging/<encoder>.lance, one commit per finished shard
-    → when every shard is in: the columns merged into OUT (created by the first encoder)
+    fragments of images.lance → read + decode/tokenize (CPU tasks) → encoder (actor pool, GPUs when present)
+    → data files of OUT/_staging/<encoder>.lance written by tasks; the driver commits a shard's files in
+    one commit once all its rows are written → when every shard is in: the columns merged into OUT
 
 A shard is one fragment of the images table. A killed run loses only the shards in flight: a re-run skips
 the shards already committed to the staging table, so no id is written twice. An encoder whose columns are
@@ -138,7 +138,7 @@ def _encode_one(images, input_uri, output_uri, config, encoder, provenance, plac
     from tqdm import tqdm
 
     staging = os.path.join(output_uri, "_staging", f"{features.prefix(config.name)}.lance")
-    expected = {f.fragment_id: f.count_rows() for f in images.get_fragments()}
+    expected = {f.fragment_id: n for f in images.get_fragments() if (n := f.count_rows())}  # empty: nothing to do
     done = set()
     if table_exists(staging):
         done = set(pc.unique(lance.dataset(staging).to_table(columns=[features.SHARD])[features.SHARD]).to_pylist())
@@ -148,7 +148,6 @@ def _encode_one(images, input_uri, output_uri, config, encoder, provenance, plac
     gpus = ray.cluster_resources().get("GPU", 0)
     use_gpu = placement.device == "cuda" or (placement.device == "auto" and gpus > 0)
     actors = max(int(gpus // placement.gpus_per_actor), 1) if use_gpu else 1
-    schema = pa.schema([pa.field(cols.ID, pa.string()), pa.field(features.SHARD, pa.int64()), *encoder.fields()])
     tallies = staging[: -len(".lance")] + ".tally"  # per shard: rows without features, per reason
     os.makedirs(tallies, exist_ok=True)
     started = time.monotonic()
@@ -161,17 +160,21 @@ def _encode_one(images, input_uri, output_uri, config, encoder, provenance, plac
                             batch_format="pyarrow", batch_size=placement.batch_size,
                             compute=ActorPoolStrategy(size=actors),
                             num_gpus=placement.gpus_per_actor if use_gpu else 0)
-        pending: dict[int, list[pa.Table]] = {}
+        ds = ds.map_batches(WriteStaged(staging, config), batch_format="pyarrow", batch_size=None)
+        written: dict[int, list] = {}  # shard → [rows, fragments, tally] of its parts written so far
         with tqdm(total=total, unit="img", desc=config.name, disable=not progress, dynamic_ncols=True) as bar:
-            for batch in ds.iter_batches(batch_format="pyarrow", batch_size=None):
-                bar.update(batch.num_rows)
-                for shard in pc.unique(batch[features.SHARD]).to_pylist():
-                    pending.setdefault(shard, []).append(batch.filter(pc.equal(batch[features.SHARD], shard)))
-                    if sum(t.num_rows for t in pending[shard]) == expected[shard]:
-                        rows = pa.concat_tables(pending.pop(shard)).cast(schema)
-                        write_json(os.path.join(tallies, f"{shard}.json"), encoder.tally(rows))  # before the commit
-                        mode = "append" if table_exists(staging) else "create"
-                        lance.write_dataset(rows, staging, schema=schema, mode=mode)  # one commit: the shard is in
+            for part in ds.iter_rows():  # small rows: the feature bytes never pass through this process
+                bar.update(part[features.STAGED_ROWS])
+                shard = part[features.SHARD]
+                rows, fragments, tally = written.setdefault(shard, [0, [], {}])
+                written[shard][0] = rows + part[features.STAGED_ROWS]
+                fragments.extend(json.loads(part[features.STAGED_FRAGMENTS]))
+                for reason, n in json.loads(part[features.STAGED_TALLY]).items():
+                    tally[reason] = tally.get(reason, 0) + n
+                if written[shard][0] == expected[shard]:
+                    write_json(os.path.join(tallies, f"{shard}.json"), tally)  # before the commit
+                    _commit_shard(staging, fragments, encoder)  # one commit: the shard is in
+                    del written[shard]
     counts: dict[str, int] = {}
     for shard in expected:  # every shard, those of a killed earlier run included
         with open(os.path.join(tallies, f"{shard}.json")) as f:
@@ -184,6 +187,46 @@ def _encode_one(images, input_uri, output_uri, config, encoder, provenance, plac
             say(f"{config.name}: {n} rows without features: {reason}")
     return {"rows": sum(expected.values()), "encoded_now": total, **counts,
             "seconds": round(time.monotonic() - started, 3)}
+
+
+@dataclass
+class WriteStaged:
+    """Write stage: encoded rows → data files of the staging table, not yet committed, one set per shard in
+    the batch; out: one small row per shard part (rows, fragments as JSON, rows without features)."""
+
+    uri: str
+    config: EncoderConfig
+    encoder: object = field(default=None, init=False, repr=False)
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        from lance.fragment import write_fragments
+
+        self.encoder = self.encoder or self.config.build()
+        schema = staging_schema(self.encoder)
+        out = []
+        for shard in pc.unique(batch[features.SHARD]).to_pylist():
+            rows = batch.filter(pc.equal(batch[features.SHARD], shard)).select(schema.names).cast(schema)
+            fragments = write_fragments(rows, self.uri, schema=schema)
+            out.append({features.SHARD: shard, features.STAGED_ROWS: rows.num_rows,
+                        features.STAGED_FRAGMENTS: json.dumps([f.to_json() for f in fragments]),
+                        features.STAGED_TALLY: json.dumps(self.encoder.tally(rows))})
+        return pa.Table.from_pylist(out)
+
+
+def staging_schema(encoder) -> pa.Schema:
+    return pa.schema([pa.field(cols.ID, pa.string()), pa.field(features.SHARD, pa.int64()), *encoder.fields()])
+
+
+def _commit_shard(staging: str, fragments: list[dict], encoder) -> None:
+    import lance
+    from lance.fragment import FragmentMetadata
+
+    metadata = [FragmentMetadata.from_json(json.dumps(f)) for f in fragments]
+    if table_exists(staging):
+        lance.LanceDataset.commit(staging, lance.LanceOperation.Append(metadata),
+                                  read_version=lance.dataset(staging).version)
+    else:
+        lance.LanceDataset.commit(staging, lance.LanceOperation.Overwrite(staging_schema(encoder), metadata))
 
 
 def _merge(staging: str, output_uri: str, encoder, provenance: dict) -> None:

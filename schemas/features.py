@@ -22,6 +22,8 @@ from lumos.schemas.images import ID
 
 SHARD = "shard"  # staging only: the images-table fragment a row came from, the unit of resume
 PIXELS = "encoder_pixels"  # in flight only: preprocessed pixels, float32, flattened
+# in flight only: what a write task tells the driver about a part of a shard it wrote
+STAGED_ROWS, STAGED_FRAGMENTS, STAGED_TALLY = "staged_rows", "staged_fragments", "staged_tally"
 FIELD_SHAPE = "lumos.shape"
 META_ENCODER = "lumos.encoder."  # + encoder name: its provenance record (JSON)
 
@@ -86,6 +88,6 @@ def provenance_of(metadata: dict | None, encoder: str) -> dict | None:
     return json.loads(raw) if raw else None
 
 
-__all__ = ["ID", "SHARD", "PIXELS", "prefix", "mean_column", "std_column", "cls_column", "tokens_column",
+__all__ = ["ID", "SHARD", "PIXELS", "STAGED_ROWS", "STAGED_FRAGMENTS", "STAGED_TALLY", "prefix", "mean_column", "std_column", "cls_column", "tokens_column",
            "len_column", "long_tokens_column", "long_len_column", "token_ids_column", "tensor_field",
            "token_list_field", "length_field", "shape_of", "provenance_of"]

@@ -7,7 +7,7 @@ bash scripts/setup.sh
 export NO_ALBUMENTATIONS_UPDATE=1 LANCE_LOG=error
 .venv/bin/lumos-curate sample --output demo-out
 # The tiny encoders are seeded random test models of the real families (no weights can be fetched here).
-.venv/bin/lumos-encode --encoder tiny-vae --encoder tiny-dino \
+.venv/bin/lumos-encode --encoder tiny-vae --encoder tiny-dino --encoder tiny-t5 \
   --input demo-out/curated/images.lance --output demo-out/features.lance
 .venv/bin/python - <<'PY'
 import lance

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from lumos.curation.errors import UserError
 from lumos.pipeline.encoders.base import PRECISIONS, Encoder
 from lumos.pipeline.encoders.clip import ClipEncoder
-from lumos.pipeline.encoders.t5 import T5Encoder
+from lumos.pipeline.encoders.t5 import T5_XXL, T5Encoder
 from lumos.pipeline.encoders.vae import VaeEncoder
 from lumos.pipeline.encoders.vision import TOKEN_SETS
 from lumos.pipeline.encoders.vit import MocoV3Encoder, VitEncoder
@@ -26,13 +26,14 @@ class EncoderConfig:
     tokens: str = "cls"  # ViT encoders: cls | patch | all | top119
 
     def build(self) -> Encoder:
-        if self.name not in ENCODERS:
+        if self.name not in ENCODERS and self.name not in BENCH_ENCODERS:
             raise UserError(f"unknown encoder {self.name!r}; choose from {', '.join(ENCODERS)}")
         if self.precision not in PRECISIONS:
             raise UserError(f"--precision {self.precision}: expected one of {', '.join(PRECISIONS)}")
         if self.tokens not in TOKEN_SETS:
             raise UserError(f"--tokens {self.tokens}: expected one of {', '.join(TOKEN_SETS)}")
-        return ENCODERS[self.name](self.name, self)  # `tokens` is read by the ViT encoders only
+        # `tokens` is read by the ViT encoders only
+        return {**ENCODERS, **BENCH_ENCODERS}[self.name](self.name, self)
 
 
 def _vae(hub_id):
@@ -65,5 +66,11 @@ ENCODERS = {
     "tiny-clip": lambda name, o: ClipEncoder(name, None, False, o.precision, tokens=o.tokens, model_name="tiny",
                                              dim=64, patch_size=16),
     "tiny-t5": lambda name, o: T5Encoder(name, None, False, o.precision, hub_id=None),
+}
+# For bench/encode.py only (not offered by the CLI): T5-XXL's width (4096) at one layer, random weights and
+# byte tokens, so that stored bytes a token are measured at the real size on a CPU.
+BENCH_ENCODERS = {
+    "bench-t5-4096": lambda name, o: T5Encoder(name, None, True, o.precision, hub_id="bench",
+                                               arch={**T5_XXL, "num_layers": 1}),
 }
 
