@@ -122,12 +122,7 @@ def _existing_provenance(output_uri: str, name: str) -> dict | None:
 
     if not table_exists(output_uri):
         return None
-    return features.provenance_of(_str_meta(lance.dataset(output_uri).schema.metadata), name)
-
-
-def _str_meta(meta) -> dict:
-    return {k.decode() if isinstance(k, bytes) else k: v.decode() if isinstance(v, bytes) else v
-            for k, v in (meta or {}).items()}
+    return features.provenance_of(features.str_metadata(lance.dataset(output_uri).schema.metadata), name)
 
 
 def _encode_one(images, input_uri, output_uri, config, encoder, provenance, placement: Placement, say,
@@ -162,7 +157,7 @@ def _encode_one(images, input_uri, output_uri, config, encoder, provenance, plac
                             num_gpus=placement.gpus_per_actor if use_gpu else 0)
         ds = ds.map_batches(WriteStaged(staging, config), batch_format="pyarrow", batch_size=None)
         written: dict[int, list] = {}  # shard → [rows, fragments, tally] of its parts written so far
-        with tqdm(total=total, unit="img", desc=config.name, disable=not progress, dynamic_ncols=True) as bar:
+        with tqdm(total=total, unit="row", desc=config.name, disable=not progress, dynamic_ncols=True) as bar:
             for part in ds.iter_rows():  # small rows: the feature bytes never pass through this process
                 bar.update(part[features.STAGED_ROWS])
                 shard = part[features.SHARD]

@@ -83,6 +83,12 @@ def shape_of(field: pa.Field) -> tuple[int, ...]:
     return tuple(json.loads(field.metadata[FIELD_SHAPE.encode()]))
 
 
+def str_metadata(meta) -> dict:
+    """Arrow schema metadata (bytes → bytes) as str → str."""
+    return {k.decode() if isinstance(k, bytes) else k: v.decode() if isinstance(v, bytes) else v
+            for k, v in (meta or {}).items()}
+
+
 def provenance_of(metadata: dict | None, encoder: str) -> dict | None:
     raw = (metadata or {}).get(META_ENCODER + encoder)
     return json.loads(raw) if raw else None
@@ -90,4 +96,4 @@ def provenance_of(metadata: dict | None, encoder: str) -> dict | None:
 
 __all__ = ["ID", "SHARD", "PIXELS", "STAGED_ROWS", "STAGED_FRAGMENTS", "STAGED_TALLY", "prefix", "mean_column", "std_column", "cls_column", "tokens_column",
            "len_column", "long_tokens_column", "long_len_column", "token_ids_column", "tensor_field",
-           "token_list_field", "length_field", "shape_of", "provenance_of"]
+           "token_list_field", "length_field", "shape_of", "str_metadata", "provenance_of"]

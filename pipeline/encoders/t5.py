@@ -25,7 +25,8 @@ T5_XXL = dict(vocab_size=32128, d_model=4096, d_kv=64, d_ff=10240, num_layers=24
               relative_attention_max_distance=128, dropout_rate=0.0, layer_norm_epsilon=1e-6,
               tie_word_embeddings=False, is_encoder_decoder=False)
 # The `tiny-t5` test encoder: same family, byte-level vocabulary (ByT5Tokenizer needs no files), tiny widths.
-TINY_T5 = {**T5_XXL, "vocab_size": 384, "d_model": 64, "d_kv": 16, "d_ff": 128, "num_layers": 2, "num_heads": 4}
+# Its width (32) differs from tiny-dino's (64) on purpose: T2I from I2I must re-initialise the caption projection.
+TINY_T5 = {**T5_XXL, "vocab_size": 384, "d_model": 32, "d_kv": 8, "d_ff": 64, "num_layers": 2, "num_heads": 4}
 
 
 @dataclass

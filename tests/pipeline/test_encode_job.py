@@ -109,7 +109,7 @@ def test_encoders_write_every_id_once_in_fp16_matching_a_plain_forward(images_ta
     for c in [*vae_cols, dino, t5_tokens, t5_long[0]]:
         assert ds.schema.field(c).type.value_type == "halffloat"
     assert features.shape_of(ds.schema.field(vae_cols[0])) == (4, 32, 32)
-    assert features.shape_of(ds.schema.field(t5_tokens)) == (-1, 64)
+    assert features.shape_of(ds.schema.field(t5_tokens)) == (-1, 32)
     meta = {k.decode(): v.decode() for k, v in ds.schema.metadata.items()}
     prov = json.loads(meta[features.META_ENCODER + "tiny-vae"])
     assert prov["resolution"] == 256 and prov["scaling_factor"] == 0.18215 and prov["dtype"] == "float16"
@@ -135,7 +135,7 @@ def test_encoders_write_every_id_once_in_fp16_matching_a_plain_forward(images_ta
             continue
         n, want = text_ref[id_]
         assert both[t5_len][i].as_py() == n
-        stored = np.asarray(both[t5_tokens][i].as_py(), np.float32).reshape(n, 64)  # only the valid tokens
+        stored = np.asarray(both[t5_tokens][i].as_py(), np.float32).reshape(n, 32)  # only the valid tokens
         assert np.allclose(stored, want, atol=1e-3, rtol=1e-3)
     assert max(text_ref[i][0] for i in with_caption) == 120  # the longest prompt was cut at 120 tokens
     has_long = [captions[i][cols.LONG_CAPTION] is not None for i in image_ids]

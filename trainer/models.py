@@ -1,0 +1,92 @@
+"""The Lumos DiT: diffusers' PixArtTransformer2DModel (adaLN-single; self-attention → cross-attention → MLP),
+conditioned by cross-attention on DINO's CLS vector (I2I: one 768-d token) or on T5 tokens (T2I: 4096-d),
+plus a learned null condition for classifier-free guidance.
+
+    x (N, 4, H, W) latents, t (N,), cond (N, L, C), mask (N, L) → ε̂ (N, 4, H, W)
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+
+@dataclass(frozen=True)
+class DiTSize:
+    depth: int
+    hidden: int
+    heads: int
+    patch: int = 2
+
+
+# DiT's size registry (Peebles & Xie); DiT-T/2 is ours, for tests.
+DIT_MODELS = {
+    "DiT-T/2": DiTSize(depth=2, hidden=64, heads=2),
+    "DiT-S/2": DiTSize(depth=12, hidden=384, heads=6),
+    "DiT-B/2": DiTSize(depth=12, hidden=768, heads=12),
+    "DiT-L/2": DiTSize(depth=24, hidden=1024, heads=16),
+    "DiT-XL/2": DiTSize(depth=28, hidden=1152, heads=16),  # the paper's model
+}
+# diffusers' PixArt-α XL/2 transformer configuration (PixArt-alpha/PixArt-XL-2-256x256), for comparison.
+PIXART_ALPHA_XL_2 = dict(num_layers=28, attention_head_dim=72, num_attention_heads=16, in_channels=4,
+                         out_channels=8, caption_channels=4096, cross_attention_dim=1152, sample_size=32,
+                         patch_size=2, norm_type="ada_norm_single", activation_fn="gelu-approximate",
+                         num_embeds_ada_norm=1000, norm_elementwise_affine=False, norm_eps=1e-6,
+                         attention_bias=True, use_additional_conditions=False)
+
+
+def pixart_transformer_class():
+    """diffusers' PixArtTransformer2DModel, imported without importing transformers.
+
+    diffusers' quantizer module imports transformers only to subclass a config mixin, when it is installed.
+    The training process must hold no encoder library (and saves seconds of start-up on every DDP rank), so
+    transformers is hidden while diffusers loads: diffusers then uses its own stand-in class."""
+    hidden = "transformers" not in sys.modules
+    if hidden:
+        sys.modules["transformers"] = None  # makes `import transformers` raise ImportError
+    try:
+        from diffusers import PixArtTransformer2DModel
+    finally:
+        if hidden and sys.modules.get("transformers", 0) is None:
+            del sys.modules["transformers"]
+    return PixArtTransformer2DModel
+
+
+class LumosDiT(nn.Module):
+    def __init__(self, size: str, latent_size: int, latent_channels: int, caption_channels: int,
+                 grad_checkpointing: bool = False):
+        super().__init__()
+        s = DIT_MODELS[size]
+        self.transformer = pixart_transformer_class()(
+            num_layers=s.depth, attention_head_dim=s.hidden // s.heads, num_attention_heads=s.heads,
+            in_channels=latent_channels, out_channels=latent_channels,  # ε only: the loss is ε-MSE
+            sample_size=latent_size, patch_size=s.patch, caption_channels=caption_channels,
+            cross_attention_dim=s.hidden, norm_type="ada_norm_single", use_additional_conditions=False)
+        # The unconditional input: one learned token (PixArt's y_embedding is initialised the same way).
+        self.null = nn.Parameter(torch.randn(caption_channels) / caption_channels ** 0.5)
+        if grad_checkpointing:
+            self.transformer.enable_gradient_checkpointing()
+
+    def drop(self, cond: torch.Tensor, mask: torch.Tensor | None, drop: torch.Tensor):
+        """Rows where `drop` get the null condition: the null token first, the rest masked out."""
+        null = torch.zeros_like(cond)
+        null[:, 0] = self.null.to(cond.dtype)
+        cond = torch.where(drop[:, None, None], null, cond)  # (N, L, C)
+        if mask is not None:
+            null_mask = torch.zeros_like(mask)
+            null_mask[:, 0] = 1
+            mask = torch.where(drop[:, None], null_mask, mask)
+        return cond, mask
+
+    def forward(self, x, t, cond, mask=None, drop=None):
+        if drop is not None:  # inside forward, so that DDP sees the null token used
+            cond, mask = self.drop(cond, mask, drop)
+        return self.transformer(x, encoder_hidden_states=cond, timestep=t, encoder_attention_mask=mask,
+                                added_cond_kwargs={"resolution": None, "aspect_ratio": None}, return_dict=False)[0]
+
+
+def parameter_count(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())

@@ -1,0 +1,329 @@
+"""`lumos-train`: the DiT trained from cached features only. One process, or one per GPU under torchrun.
+
+    features.lance ─ FeatureStream (DataLoader workers, spawned) ─ z = (mean + std·ε)·0.18215,
+    cond = L2-normalised DINO CLS (I2I) or T5 tokens + mask (T2I), 10% → null ─ ε-MSE at t ~ U[0, 1000)
+    ─ AdamW (constant lr after warm-up), fp16 autocast + GradScaler, grad clip, EMA ─ checkpoints, metrics
+
+No encoder is imported here: the features were made once by lumos-encode.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import json
+import os
+import time
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+
+from lumos.curation.errors import UserError
+from lumos.schemas import features
+from lumos.trainer import checkpoint as ckpt
+from lumos.trainer.data import EpochOrder, FeatureColumns, FeatureStream, valid_positions
+from lumos.trainer.diffusion import Diffusion
+from lumos.trainer.metrics import MetricsLog
+from lumos.trainer.models import DIT_MODELS, LumosDiT
+
+SCALING_FACTOR_KEY = "scaling_factor"
+PROVENANCE_IGNORED = ("versions", "images")  # a library upgrade or a moved images table is the same features
+
+
+@dataclass
+class TrainConfig:
+    mode: str  # i2i | t2i
+    data: str
+    output: str
+    model: str = "DiT-XL/2"
+    latents: str = "sd-vae"
+    condition: str = "dino-b"  # i2i: the image encoder whose CLS conditions the model
+    text: str = "t5-xxl"  # t2i: the text encoder
+    caption: str = "short"  # t2i: short | long (falls back to nothing: rows without one are skipped)
+    init: str | None = None  # t2i: the I2I run or checkpoint to start from
+    batch_size: int = 256  # per rank
+    steps: int = 65000
+    lr: float = 1.6e-4
+    warmup: int = 1000
+    weight_decay: float = 0.03
+    precision: str = "fp16"
+    grad_clip: float = 0.01  # PixArt-α's setting
+    grad_checkpointing: bool = False
+    ema: float = 0.9999
+    cond_dropout: float = 0.1
+    save_every: int = 1000
+    keep: int = 3
+    log_every: int = 10
+    seed: int = 0
+    resume: bool = False
+    workers: int = 4
+    record_samples: bool = False
+    tensorboard: bool = False
+
+
+class Run:
+    """Everything a training process holds; built once, then `train()`."""
+
+    def __init__(self, config: TrainConfig):
+        self.config = c = config
+        self.world = int(os.environ.get("WORLD_SIZE", "1"))
+        self.rank = int(os.environ.get("RANK", "0"))
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        cuda = torch.cuda.is_available()
+        self.device = torch.device(f"cuda:{local}" if cuda else "cpu")
+        _check(c, cuda)
+        if self.world > 1 and not torch.distributed.is_initialized():
+            if cuda:
+                torch.cuda.set_device(self.device)
+            torch.distributed.init_process_group("nccl" if cuda else "gloo")
+
+        import lance
+
+        try:
+            meta = features.str_metadata(lance.dataset(c.data).schema.metadata)
+        except (ValueError, OSError) as err:
+            raise UserError(f"--data {c.data} is not a Lance table: {str(err).splitlines()[0]}") from None
+        self.columns, self.provenance = _columns_and_provenance(c, meta)
+        schema = lance.dataset(c.data).schema
+        latent_shape = features.shape_of(schema.field(self.columns.mean))  # (4, H/8, W/8)
+        caption_channels = features.shape_of(schema.field(self.columns.cond))[-1]
+        self.scaling = float(self.provenance["latents"].get(SCALING_FACTOR_KEY, 0.18215))
+
+        self.resume_from = ckpt.latest(c.output) if c.resume else None
+        if c.resume and self.resume_from is None:
+            raise UserError(f"--resume: {c.output} holds no checkpoint")
+        if not c.resume and ckpt.list_checkpoints(c.output):
+            raise UserError(f"{c.output} already holds a run; pass --resume to continue it or pick another --output")
+        if self.resume_from:
+            _same_provenance(ckpt.read_config(self.resume_from)["provenance"], self.provenance, self.resume_from)
+
+        torch.manual_seed(c.seed)
+        self.model = LumosDiT(c.model, latent_shape[-1], latent_shape[0], caption_channels,
+                              c.grad_checkpointing).to(self.device)
+        self.reinitialised: list[str] = []
+        if c.init:
+            self.reinitialised = self._load_init(c.init)
+        self.ema = copy.deepcopy(self.model).requires_grad_(False)
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=c.lr, weight_decay=c.weight_decay)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer,
+                                                           lambda s: min(1.0, (s + 1) / max(c.warmup, 1)))
+        self.scaler = torch.amp.GradScaler("cuda", enabled=c.precision == "fp16")
+        # Every random draw of training (latent ε, t, noise, condition dropout) comes from this generator, per
+        # rank, saved in checkpoints: nothing else (DataLoader seeding, libraries) can shift a resumed run.
+        self.generator = torch.Generator(self.device).manual_seed(c.seed * 1000 + self.rank + 1)
+        self.step = 0
+        if self.resume_from:
+            self._load_resume(self.resume_from)
+        self.ddp = self.model
+        if self.world > 1:
+            from torch.nn.parallel import DistributedDataParallel
+
+            self.ddp = DistributedDataParallel(self.model, device_ids=[self.device.index] if cuda else None)
+
+        positions, self.skipped = valid_positions(c.data, self.columns)
+        if len(positions) == 0:
+            raise UserError(f"--data {c.data}: no row has every column this run needs "
+                            f"({', '.join(self.columns.names()[1:])})")
+        self.order = EpochOrder(positions, c.batch_size, self.world, self.rank, c.seed)
+        self.diffusion = Diffusion()
+
+    # --- loading ---
+    def _load_init(self, init: str) -> list[str]:
+        """T2I from I2I: every weight whose name and shape fit is loaded (the EMA weights); the rest, i.e.
+        the caption projection (768 → 4096 input) and the null token, stay freshly initialised."""
+        path = ckpt.latest(init)
+        if path is None:
+            raise UserError(f"--init {init}: no checkpoint there")
+        source = ckpt.read_config(path)
+        if source["provenance"]["latents"] != self.provenance["latents"]:
+            raise UserError(f"--init {init} was trained on other latents than --data ({_differs(source['provenance']['latents'], self.provenance['latents'])})")
+        weights, own = ckpt.read_weights(path, "ema"), self.model.state_dict()
+        fits = {k: v for k, v in weights.items() if k in own and own[k].shape == v.shape}
+        self.model.load_state_dict(fits, strict=False)
+        return sorted(k for k in own if k not in fits)
+
+    def _load_resume(self, path: str) -> None:
+        self.model.load_state_dict(ckpt.read_weights(path, "model"))
+        self.ema.load_state_dict(ckpt.read_weights(path, "ema"))
+        state = ckpt.read_state(path)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.step = state["step"]
+        self.scheduler.last_epoch = self.step - 1
+        self.scheduler.step()  # the lr of step `step`
+        self.generator.set_state(ckpt.read_rng(path, self.rank))
+
+    # --- the loop ---
+    def loader(self):
+        from torch.utils.data import DataLoader
+
+        stream = FeatureStream(self.config.data, self.columns, self.order, start=self.step)
+        workers = self.config.workers
+        return iter(DataLoader(stream, batch_size=None, num_workers=workers, pin_memory=self.device.type == "cuda",
+                               multiprocessing_context="spawn" if workers else None,
+                               persistent_workers=False, prefetch_factor=4 if workers else None))
+
+    def train_step(self, batch: dict) -> torch.Tensor:
+        c, dev = self.config, self.device
+        mean = batch["mean"].to(dev, non_blocking=True).float()
+        std = batch["std"].to(dev, non_blocking=True).float()
+        weight = batch["weight"].to(dev)
+        n = mean.shape[0]
+        # Latents drawn at train time from the stored posterior (PixArt, REPA), times the VAE's scaling factor.
+        g = self.generator
+        x0 = (mean + std * torch.randn(mean.shape, device=dev, generator=g)) * self.scaling  # (N, 4, h, w)
+        cond = batch["cond"].to(dev, non_blocking=True).float()  # (N, L, C)
+        mask = batch["mask"].to(dev) if "mask" in batch else None
+        if c.mode == "i2i":
+            cond = F.normalize(cond, dim=-1)  # official Lumos: the L2-normalised DINO CLS as one token
+        drop = torch.rand(n, device=dev, generator=g) < c.cond_dropout
+        t = torch.randint(0, self.diffusion.steps, (n,), device=dev, generator=g)
+        noise = torch.randn(x0.shape, device=dev, generator=g)
+        xt = self.diffusion.q_sample(x0, t, noise)
+        with _autocast(c.precision, dev):
+            loss = self.diffusion.loss(self.ddp(xt, t, cond, mask, drop), noise, weight)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self.scaler.unscale_(self.optimizer)
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), c.grad_clip)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.scheduler.step()
+        with torch.no_grad():
+            for e, p in zip(self.ema.parameters(), self.model.parameters()):
+                e.lerp_(p, 1.0 - c.ema)
+        return loss.detach()
+
+    def train(self, say=print) -> dict:
+        from tqdm import tqdm
+
+        c = self.config
+        main = self.rank == 0
+        if main:
+            os.makedirs(c.output, exist_ok=True)
+            with open(os.path.join(c.output, "config.json"), "w") as f:
+                json.dump(self.full_config(), f, indent=2, sort_keys=True)
+            if self.reinitialised:
+                say(f"--init: re-initialised (no weight of the same shape in the I2I model): {', '.join(self.reinitialised)}")
+            say(f"{c.model}: {sum(p.numel() for p in self.model.parameters()) / 1e6:.2f}M parameters; "
+                f"{len(self.order.positions)} rows ({self.skipped} skipped: no {self.columns.cond if c.mode == 't2i' else 'features'}), "
+                f"{self.order.steps_per_epoch} steps an epoch on {self.world} rank(s); from step {self.step}")
+        log = MetricsLog(c.output, main, c.tensorboard, start_step=self.step)
+        records = open(os.path.join(c.output, f"samples-rank{self.rank}.jsonl"), "a") if c.record_samples else None
+        data = self.loader()
+        bar = tqdm(total=c.steps, initial=self.step, disable=not main, unit="step", dynamic_ncols=True)
+        started, waited, window = time.perf_counter(), 0.0, []
+        while self.step < c.steps:
+            t0 = time.perf_counter()
+            batch = next(data)
+            waited += time.perf_counter() - t0
+            assert batch["step"] == self.step, (batch["step"], self.step)  # the data position is the step
+            loss = self.train_step(batch)
+            self.step += 1
+            window.append(loss)
+            if records:
+                records.write(json.dumps({"step": self.step, "epoch": batch["epoch"],
+                                          "ids": [i for i, w in zip(batch["ids"], batch["weight"]) if w > 0]}) + "\n")
+            if self.step % c.log_every == 0 or self.step == c.steps:
+                mean_loss = torch.stack(window).mean()  # a device sync, once a log interval
+                if self.world > 1:
+                    torch.distributed.all_reduce(mean_loss)
+                    mean_loss /= self.world
+                elapsed = time.perf_counter() - started
+                row = {"step": self.step, "loss": float(mean_loss), "lr": self.scheduler.get_last_lr()[0],
+                       "steps_per_s": len(window) / elapsed, "samples_per_s": len(window) * c.batch_size * self.world / elapsed,
+                       "data_wait": waited / elapsed, "epoch": batch["epoch"]}
+                log.write(row)
+                bar.set_postfix(loss=f"{row['loss']:.4f}", sps=f"{row['samples_per_s']:.0f}",
+                                wait=f"{row['data_wait']:.0%}")
+                started, waited, window = time.perf_counter(), 0.0, []
+            bar.update(1)
+            if self.step % c.save_every == 0 or self.step == c.steps:
+                self.save()
+        bar.close()
+        if records:
+            records.close()
+        log.close()
+        return {"steps": self.step, "checkpoint": ckpt.latest(c.output) if main else None}
+
+    def save(self) -> None:
+        path = ckpt.staging_dir(self.config.output, self.step)
+        ckpt.write_rng(path, self.rank, self.generator)
+        self._barrier()
+        if self.rank == 0:
+            ckpt.write_main_state(path, self.model, self.ema, self.optimizer, self.scaler, self.step,
+                                  self.full_config())
+            ckpt.publish(self.config.output, self.step, self.config.keep)
+        self._barrier()
+
+    def _barrier(self) -> None:
+        if self.world > 1:
+            torch.distributed.barrier()
+
+    def full_config(self) -> dict:
+        return {"train": asdict(self.config), "provenance": self.provenance, "world_size": self.world,
+                "columns": asdict(self.columns), "scaling_factor": self.scaling}
+
+
+def _check(c: TrainConfig, cuda: bool) -> None:
+    if c.model not in DIT_MODELS:
+        raise UserError(f"--model {c.model}: choose from {', '.join(DIT_MODELS)}")
+    if c.precision not in ("fp16", "bf16", "fp32"):
+        raise UserError(f"--precision {c.precision}: expected fp16, bf16 or fp32")
+    if c.precision == "fp16" and not cuda:
+        raise UserError("--precision fp16 needs a GPU; on a CPU pass --precision fp32 (or bf16)")
+    if c.mode == "i2i" and c.init:
+        raise UserError("--init is for t2i (fine-tuning an I2I run)")
+    if c.caption not in ("short", "long"):
+        raise UserError(f"--caption {c.caption}: expected short or long")
+    for name, value in (("--batch-size", c.batch_size), ("--steps", c.steps), ("--save-every", c.save_every),
+                        ("--log-every", c.log_every), ("--keep", c.keep)):
+        if value < 1:
+            raise UserError(f"{name} must be >= 1")
+
+
+def _columns_and_provenance(c: TrainConfig, meta: dict) -> tuple[FeatureColumns, dict]:
+    cond_encoder = c.condition if c.mode == "i2i" else c.text
+    provenance = {}
+    for role, encoder in (("latents", c.latents), ("condition", cond_encoder)):
+        record = features.provenance_of(meta, encoder)
+        if record is None:
+            present = sorted(k[len(features.META_ENCODER):] for k in meta if k.startswith(features.META_ENCODER))
+            raise UserError(f"--data {c.data} holds no {encoder} features (it holds: {', '.join(present) or 'none'}); "
+                            f"run lumos-encode --encoder {encoder} first")
+        provenance[role] = {k: v for k, v in record.items() if k not in PROVENANCE_IGNORED}
+    if c.mode == "i2i":
+        cond, length = features.cls_column(cond_encoder), None
+    elif c.caption == "short":
+        cond, length = features.tokens_column(cond_encoder), features.len_column(cond_encoder)
+    else:
+        cond, length = features.long_tokens_column(cond_encoder), features.long_len_column(cond_encoder)
+    return FeatureColumns(features.mean_column(c.latents), features.std_column(c.latents), cond, length), provenance
+
+
+def _same_provenance(saved: dict, now: dict, where: str) -> None:
+    for role in ("latents", "condition"):
+        if saved[role] != now[role]:
+            raise UserError(f"--data holds {role} features made differently from those {where} was trained on "
+                            f"({_differs(saved[role], now[role])})")
+
+
+def _differs(a: dict, b: dict) -> str:
+    keys = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
+    return "differs in: " + ", ".join(keys)
+
+
+def _autocast(precision: str, device: torch.device):
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=torch.float16 if precision == "fp16" else torch.bfloat16)
+
+
+def run_training(config: TrainConfig, say=print) -> dict:
+    run = Run(config)
+    try:
+        return run.train(say)
+    finally:
+        if run.world > 1 and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
