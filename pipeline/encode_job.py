@@ -233,7 +233,7 @@ def _merge(staging: str, output_uri: str, encoder, provenance: dict) -> None:
     if staged is None:
         staged = pa.Table.from_pylist([], schema=pa.schema([pa.field(cols.ID, pa.string()), *encoder.fields()]))
     if not table_exists(output_uri):
-        ds = lance.write_dataset(staged.sort_by(cols.ID), output_uri)
+        ds = lance.write_dataset(staged.sort_by(cols.ID), output_uri, data_storage_version=features.STORAGE_VERSION)
     else:
         ds = lance.dataset(output_uri)
         if not set(names) <= set(ds.schema.names):  # already there: a run killed before its metadata commit

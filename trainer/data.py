@@ -12,6 +12,10 @@ and resuming at step k only needs k.
 from __future__ import annotations
 
 import math
+import threading
+import warnings
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -33,7 +37,7 @@ class FeatureColumns:
     length: str | None = None  # text conditions only
 
     def names(self) -> list[str]:
-        return [ID, self.mean, self.std, self.cond] + ([self.length] if self.length else [])
+        return [self.mean, self.std, self.cond] + ([self.length] if self.length else [])
 
 
 def valid_positions(uri: str, columns: FeatureColumns) -> tuple[np.ndarray, int]:
@@ -60,17 +64,27 @@ class EpochOrder:
 
     def __init__(self, positions: np.ndarray, batch_size: int, world: int = 1, rank: int = 0, seed: int = 0):
         self.positions, self.batch_size, self.world, self.rank, self.seed = positions, batch_size, world, rank, seed
-        self._epoch, self._perm = None, None
+        self._cache: dict[int, np.ndarray] = {}
+        self._lock = threading.Lock()  # loader threads ask for rows concurrently
+
+    def __getstate__(self):  # sent to spawned DataLoader workers: without the lock and the cache
+        return {k: v for k, v in self.__dict__.items() if k not in ("_cache", "_lock")}
+
+    def __setstate__(self, state):
+        self.__dict__.update(state, _cache={}, _lock=threading.Lock())
 
     @property
     def steps_per_epoch(self) -> int:
         return math.ceil(len(self.positions) / (self.batch_size * self.world))
 
     def permutation(self, epoch: int) -> np.ndarray:
-        if epoch != self._epoch:
-            rng = np.random.default_rng([self.seed, epoch])
-            self._epoch, self._perm = epoch, self.positions[rng.permutation(len(self.positions))]
-        return self._perm
+        with self._lock:
+            if epoch not in self._cache:
+                if len(self._cache) >= 2:  # the current epoch and the next are enough
+                    self._cache.pop(min(self._cache))
+                rng = np.random.default_rng([self.seed, epoch])
+                self._cache[epoch] = self.positions[rng.permutation(len(self.positions))]
+            return self._cache[epoch]
 
     def rows(self, epoch: int, step: int) -> tuple[np.ndarray, np.ndarray]:
         """(positions, weights) of this rank's rows at this step, positions sorted (faster takes)."""
@@ -82,10 +96,14 @@ class EpochOrder:
 
 
 class FeatureStream(IterableDataset):
-    """Batches from global step `start` on, forever (the trainer stops at --steps)."""
+    """Batches from global step `start` on, forever (the trainer stops at --steps). Each process (the main
+    one, or each DataLoader worker) loads its next batches with `threads` concurrent Lance takes, and yields
+    them in step order."""
 
-    def __init__(self, uri: str, columns: FeatureColumns, order: EpochOrder, start: int = 0):
-        self.uri, self.columns, self.order, self.start = uri, columns, order, start
+    threads = 2  # a take spends its time in Lance's Rust code, without the GIL: two overlap on two cores
+
+    def __init__(self, uri: str, columns: FeatureColumns, order: EpochOrder, start: int = 0, with_ids: bool = False):
+        self.uri, self.columns, self.order, self.start, self.with_ids = uri, columns, order, start, with_ids
 
     def __iter__(self):
         import lance
@@ -94,16 +112,21 @@ class FeatureStream(IterableDataset):
         worker, workers = (info.id, info.num_workers) if info else (0, 1)
         ds = lance.dataset(self.uri)  # opened in the worker: Lance is not fork-safe (workers are spawned)
         step = self.start + worker
-        while True:
-            epoch, in_epoch = divmod(step, self.order.steps_per_epoch)
-            yield self.load(ds, step, epoch, in_epoch)
-            step += workers
+        with ThreadPoolExecutor(self.threads) as pool:
+            pending: deque = deque()
+            while True:
+                while len(pending) < 2 * self.threads:
+                    pending.append(pool.submit(self.load, ds, step, *divmod(step, self.order.steps_per_epoch)))
+                    step += workers
+                yield pending.popleft().result()
 
     def load(self, ds, step: int, epoch: int, in_epoch: int) -> dict:
         positions, weight = self.order.rows(epoch, in_epoch)
-        table = ds.take(positions, columns=self.columns.names())
-        batch = {"step": step, "epoch": epoch, "ids": table[ID].to_pylist(), "weight": torch.from_numpy(weight),
+        table = ds.take(positions, columns=[ID, *self.columns.names()] if self.with_ids else self.columns.names())
+        batch = {"step": step, "epoch": epoch, "weight": torch.from_numpy(weight),
                  "mean": _fixed(table, self.columns.mean, ds), "std": _fixed(table, self.columns.std, ds)}
+        if self.with_ids:
+            batch["ids"] = table[ID].to_pylist()
         if self.columns.length is None:  # one condition vector a row → one token
             batch["cond"] = _fixed(table, self.columns.cond, ds)[:, None]  # (N, 1, C)
         else:
@@ -114,7 +137,9 @@ class FeatureStream(IterableDataset):
 def _fixed(table, name: str, ds) -> torch.Tensor:
     shape = features.shape_of(ds.schema.field(name))
     values = table[name].combine_chunks().flatten().to_numpy(zero_copy_only=False)
-    return torch.from_numpy(values.reshape(table.num_rows, *shape).copy())  # fp16; Arrow memory is read-only
+    with warnings.catch_warnings():  # read-only Arrow memory, wrapped without a copy: the trainer only reads it
+        warnings.simplefilter("ignore", UserWarning)
+        return torch.from_numpy(values.reshape(table.num_rows, *shape))  # fp16
 
 
 def _padded(table, name: str, length: str, ds) -> tuple[torch.Tensor, torch.Tensor]:

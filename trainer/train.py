@@ -158,7 +158,8 @@ class Run:
     def loader(self):
         from torch.utils.data import DataLoader
 
-        stream = FeatureStream(self.config.data, self.columns, self.order, start=self.step)
+        stream = FeatureStream(self.config.data, self.columns, self.order, start=self.step,
+                               with_ids=self.config.record_samples)
         workers = self.config.workers
         return iter(DataLoader(stream, batch_size=None, num_workers=workers, pin_memory=self.device.type == "cuda",
                                multiprocessing_context="spawn" if workers else None,
@@ -200,8 +201,8 @@ class Run:
 
         c = self.config
         main = self.rank == 0
+        os.makedirs(c.output, exist_ok=True)  # every rank: each may write its own files before rank 0 is there
         if main:
-            os.makedirs(c.output, exist_ok=True)
             with open(os.path.join(c.output, "config.json"), "w") as f:
                 json.dump(self.full_config(), f, indent=2, sort_keys=True)
             if self.reinitialised:
