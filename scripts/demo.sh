@@ -9,8 +9,20 @@ export NO_ALBUMENTATIONS_UPDATE=1 LANCE_LOG=error
 # The tiny encoders are seeded random test models of the real families (no weights can be fetched here).
 .venv/bin/lumos-encode --encoder tiny-vae --encoder tiny-dino --encoder tiny-t5 \
   --input demo-out/curated/images.lance --output demo-out/features.lance
+# A short CPU training of the test-sized DiT on those features (the real recipe: DiT-XL/2, fp16, on GPUs),
+# then T2I fine-tuning from it on the tiny T5 features.
+rm -rf demo-out/i2i demo-out/t2i
+TINY=(--model DiT-T/2 --latents tiny-vae --precision fp32 --batch-size 8 --lr 1e-3 --warmup 10 --workers 0)
+.venv/bin/lumos-train i2i --data demo-out/features.lance --output demo-out/i2i --condition tiny-dino \
+  --steps 200 --save-every 100 "${TINY[@]}"
+.venv/bin/lumos-train t2i --data demo-out/features.lance --output demo-out/t2i --text tiny-t5 --init demo-out/i2i \
+  --steps 50 --save-every 50 "${TINY[@]}"
 .venv/bin/python - <<'PY'
+import json
 import lance
+for run in ("demo-out/i2i", "demo-out/t2i"):
+    rows = [json.loads(line) for line in open(f"{run}/metrics.jsonl")]
+    print(f"{run}: loss {rows[0]['loss']:.4f} at step {rows[0]['step']} -> {rows[-1]['loss']:.4f} at step {rows[-1]['step']}")
 for path in ("demo-out/curated/images.lance", "demo-out/features.lance"):
     ds = lance.dataset(path)
     print(f"{path}: {ds.count_rows()} rows, columns: {', '.join(ds.schema.names)}")
