@@ -30,16 +30,24 @@ from lumos.schemas import features
 from lumos.schemas import images as cols
 
 
+_BUILT: dict[EncoderConfig, object] = {}  # per worker process: a task stage is unpickled afresh for each task
+
+
+def _built(config: EncoderConfig):
+    """The encoder object (its tokenizer, once loaded, included) for CPU stages, once per worker process."""
+    if config not in _BUILT:
+        _BUILT[config] = config.build()
+    return _BUILT[config]
+
+
 @dataclass
 class Prepare:
     """CPU stage: decode and resize images, or tokenize captions (null where a row cannot be prepared)."""
 
     config: EncoderConfig
-    encoder: object = field(default=None, init=False, repr=False)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        self.encoder = self.encoder or self.config.build()
-        return self.encoder.prepare(batch)
+        return _built(self.config).prepare(batch)
 
 
 @dataclass
@@ -191,20 +199,19 @@ class WriteStaged:
 
     uri: str
     config: EncoderConfig
-    encoder: object = field(default=None, init=False, repr=False)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         from lance.fragment import write_fragments
 
-        self.encoder = self.encoder or self.config.build()
-        schema = staging_schema(self.encoder)
+        encoder = _built(self.config)
+        schema = staging_schema(encoder)
         out = []
         for shard in pc.unique(batch[features.SHARD]).to_pylist():
             rows = batch.filter(pc.equal(batch[features.SHARD], shard)).select(schema.names).cast(schema)
             fragments = write_fragments(rows, self.uri, schema=schema)
             out.append({features.SHARD: shard, features.STAGED_ROWS: rows.num_rows,
                         features.STAGED_FRAGMENTS: json.dumps([f.to_json() for f in fragments]),
-                        features.STAGED_TALLY: json.dumps(self.encoder.tally(rows))})
+                        features.STAGED_TALLY: json.dumps(encoder.tally(rows))})
         return pa.Table.from_pylist(out)
 
 

@@ -74,13 +74,10 @@ class Encoder:
 
     # --- shared ---
     def load(self, device: str = "cpu") -> "Encoder":
-        import torch
-
         self.device = device
         self.model = self.build().eval().to(device)
-        for p in self.model.parameters():
+        for p in self.model.parameters():  # frozen: outputs carry no autograd graph (no global grad switch)
             p.requires_grad_(False)
-        torch.set_grad_enabled(False)
         return self
 
     def autocast(self):
@@ -149,7 +146,7 @@ class ImageEncoder(Encoder):
             flat = batch.filter(pa.array(ok))[features.PIXELS].combine_chunks().flatten().to_numpy()
             side = self.input_size
             pixels = torch.from_numpy(flat.reshape(-1, 3, side, side).copy())  # Arrow buffers are read-only
-            with self.autocast():
+            with torch.inference_mode(), self.autocast():
                 results = self.forward(pixels.to(self.device))
         out = pa.table({cols.ID: batch[cols.ID], features.SHARD: batch[features.SHARD]})
         for f in self.fields():

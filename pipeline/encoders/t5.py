@@ -128,7 +128,7 @@ class T5Encoder(Encoder):
         longest = int(lengths.max())
         ids = ids[:, :longest]  # padding past the longest caption changes nothing: it is masked
         mask = torch.arange(longest, device=ids.device)[None] < lengths[:, None]
-        with self.autocast():
+        with torch.inference_mode(), self.autocast():
             hidden = self.model(input_ids=ids, attention_mask=mask.long()).last_hidden_state.float()  # (N, L, D)
         rows = []
         for i, n in enumerate(lengths.tolist()):
