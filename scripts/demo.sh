@@ -12,7 +12,7 @@ export NO_ALBUMENTATIONS_UPDATE=1 LANCE_LOG=error
 # A short CPU training of the test-sized DiT on those features (the real recipe: DiT-XL/2, fp16, on GPUs),
 # then T2I fine-tuning from it on the tiny T5 features.
 rm -rf demo-out/i2i demo-out/t2i
-TINY=(--model DiT-T/2 --latents tiny-vae --precision fp32 --batch-size 8 --lr 1e-3 --warmup 10 --workers 0)
+TINY=(--model DiT-T/2 --latents tiny-vae --precision fp32 --batch-size 8 --lr 1e-3 --warmup 10 --ema 0.99 --workers 0)
 .venv/bin/lumos-train i2i --data demo-out/features.lance --output demo-out/i2i --condition tiny-dino \
   --steps 200 --save-every 100 "${TINY[@]}"
 .venv/bin/lumos-train t2i --data demo-out/features.lance --output demo-out/t2i --text tiny-t5 --init demo-out/i2i \
