@@ -1,7 +1,7 @@
 """Checkpoints: RUN/checkpoints/step-NNNNNNN/ holding
 
     model.safetensors, ema.safetensors   the weights (LumosDiT state dicts)
-    state.pt                             optimizer, grad scaler, step: tensors and plain values only
+    state.pt                             optimizer, lr schedule, grad scaler, step: tensors and plain values
     rng-rank{r}.pt                       each DDP rank's training generator (noise, timesteps, dropout)
     config.json                          the run's full configuration, provenance included
 
@@ -53,12 +53,13 @@ def write_rng(path: str, rank: int, generator: torch.Generator) -> None:
     torch.save({"generator": generator.get_state()}, os.path.join(path, f"rng-rank{rank}.pt"))
 
 
-def write_main_state(path: str, model, ema, optimizer, scaler, step: int, config: dict) -> None:
-    """Rank 0, into the staging folder: weights, optimizer, scaler, step and config."""
+def write_main_state(path: str, model, ema, optimizer, scheduler, scaler, step: int, config: dict) -> None:
+    """Rank 0, into the staging folder: weights, optimizer, lr schedule, scaler, step and config."""
     os.makedirs(path, exist_ok=True)
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, os.path.join(path, "model.safetensors"))
     save_file({k: v.contiguous() for k, v in ema.state_dict().items()}, os.path.join(path, "ema.safetensors"))
-    torch.save({"optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(), "step": step},
+    torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                "scaler": scaler.state_dict(), "step": step},
                os.path.join(path, "state.pt"))
     with open(os.path.join(path, "config.json"), "w") as f:
         json.dump(config, f, indent=2, sort_keys=True)

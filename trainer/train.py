@@ -29,6 +29,9 @@ from lumos.trainer.models import DIT_MODELS, LumosDiT
 
 SCALING_FACTOR_KEY = "scaling_factor"
 PROVENANCE_IGNORED = ("versions", "images")  # a library upgrade or a moved images table is the same features
+# What a resumed run must share with its checkpoint (the data order and the model depend on them).
+RUN_DEFINING = {"i2i": ("mode", "model", "latents", "condition", "batch_size", "seed"),
+                "t2i": ("mode", "model", "latents", "text", "caption", "batch_size", "seed")}
 
 
 @dataclass
@@ -96,7 +99,14 @@ class Run:
         if not c.resume and ckpt.list_checkpoints(c.output):
             raise UserError(f"{c.output} already holds a run; pass --resume to continue it or pick another --output")
         if self.resume_from:
-            _same_provenance(ckpt.read_config(self.resume_from)["provenance"], self.provenance, self.resume_from)
+            saved = ckpt.read_config(self.resume_from)
+            _same_provenance(saved["provenance"], self.provenance, self.resume_from)
+            changed = [k for k in RUN_DEFINING[c.mode] if saved["train"][k] != getattr(c, k)]
+            if saved["world_size"] != self.world:
+                changed.append(f"world size ({saved['world_size']} processes then, {self.world} now)")
+            if changed:
+                raise UserError(f"--resume: {self.resume_from} was trained with other {', '.join(changed)}; "
+                                "resume with the same settings (the data order depends on them)")
 
         torch.manual_seed(c.seed)
         self.model = LumosDiT(c.model, latent_shape[-1], latent_shape[0], caption_channels,
@@ -124,7 +134,7 @@ class Run:
         positions, self.skipped = valid_positions(c.data, self.columns)
         if len(positions) == 0:
             raise UserError(f"--data {c.data}: no row has every column this run needs "
-                            f"({', '.join(self.columns.names()[1:])})")
+                            f"({', '.join(self.columns.names())})")
         self.order = EpochOrder(positions, c.batch_size, self.world, self.rank, c.seed)
         self.diffusion = Diffusion()
 
@@ -149,9 +159,8 @@ class Run:
         state = ckpt.read_state(path)
         self.optimizer.load_state_dict(state["optimizer"])
         self.scaler.load_state_dict(state["scaler"])
+        self.scheduler.load_state_dict(state["scheduler"])
         self.step = state["step"]
-        self.scheduler.last_epoch = self.step - 1
-        self.scheduler.step()  # the lr of step `step`
         self.generator.set_state(ckpt.read_rng(path, self.rank))
 
     # --- the loop ---
@@ -253,8 +262,8 @@ class Run:
         ckpt.write_rng(path, self.rank, self.generator)
         self._barrier()
         if self.rank == 0:
-            ckpt.write_main_state(path, self.model, self.ema, self.optimizer, self.scaler, self.step,
-                                  self.full_config())
+            ckpt.write_main_state(path, self.model, self.ema, self.optimizer, self.scheduler, self.scaler,
+                                  self.step, self.full_config())
             ckpt.publish(self.config.output, self.step, self.config.keep)
         self._barrier()
 

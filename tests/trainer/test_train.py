@@ -131,6 +131,8 @@ def test_features_made_differently_are_refused_in_one_line(feature_table, tmp_pa
     with pytest.raises(UserError, match="--init .* was trained on other latents than --data"):
         run_training(_config("t2i", other, tmp_path / "t2i", steps=2, init=str(run)), say=lambda *_: None)
     for args, message in [((_flags("i2i", feature_table, run, steps=4)), "already holds a run"),
+                          ((*_flags("i2i", feature_table, run, steps=4, batch_size=4), "--resume"),
+                           "was trained with other batch_size"),
                           ((_flags("i2i", feature_table, tmp_path / "x", steps=4, condition="dino-b")),
                            "holds no dino-b features"),
                           ((_flags("i2i", feature_table, tmp_path / "x", steps=4, precision="fp16")),
