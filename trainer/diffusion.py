@@ -10,18 +10,20 @@ BETA_START, BETA_END = 1e-4, 0.02
 
 
 class Diffusion:
-    def __init__(self, steps: int = NUM_TIMESTEPS, beta_start: float = BETA_START, beta_end: float = BETA_END):
+    def __init__(self, steps: int = NUM_TIMESTEPS, beta_start: float = BETA_START, beta_end: float = BETA_END,
+                 device: torch.device | str = "cpu"):
         betas = np.linspace(beta_start, beta_end, steps, dtype=np.float64)
         alphas_cumprod = np.cumprod(1.0 - betas)
         self.steps = steps
-        self.sqrt_ab = torch.from_numpy(np.sqrt(alphas_cumprod)).float()  # (T,)
-        self.sqrt_1m_ab = torch.from_numpy(np.sqrt(1.0 - alphas_cumprod)).float()
+        # on the training device once: not a host-to-device copy every step
+        self.sqrt_ab = torch.from_numpy(np.sqrt(alphas_cumprod)).float().to(device)  # (T,)
+        self.sqrt_1m_ab = torch.from_numpy(np.sqrt(1.0 - alphas_cumprod)).float().to(device)
 
     def q_sample(self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
         """x_t = sqrt(ᾱ_t) x0 + sqrt(1 - ᾱ_t) ε."""
         shape = (-1,) + (1,) * (x0.dim() - 1)
-        a = self.sqrt_ab.to(x0.device)[t].view(shape)
-        b = self.sqrt_1m_ab.to(x0.device)[t].view(shape)
+        a = self.sqrt_ab[t].view(shape)
+        b = self.sqrt_1m_ab[t].view(shape)
         return a * x0 + b * noise
 
     @staticmethod

@@ -136,7 +136,7 @@ class Run:
             raise UserError(f"--data {c.data}: no row has every column this run needs "
                             f"({', '.join(self.columns.names())})")
         self.order = EpochOrder(positions, c.batch_size, self.world, self.rank, c.seed)
-        self.diffusion = Diffusion()
+        self.diffusion = Diffusion(device=self.device)
 
     # --- loading ---
     def _load_init(self, init: str) -> list[str]:
