@@ -7,6 +7,7 @@ plus a learned null condition for classifier-free guidance.
 
 from __future__ import annotations
 
+import contextlib
 import sys
 from dataclasses import dataclass
 
@@ -38,13 +39,14 @@ PIXART_ALPHA_XL_2 = dict(num_layers=28, attention_head_dim=72, num_attention_hea
                          attention_bias=True, use_additional_conditions=False)
 
 
-def pixart_transformer_class():
+def pixart_transformer_class(hide_transformers: bool = True):
     """diffusers' PixArtTransformer2DModel, imported without importing transformers.
 
     diffusers' quantizer module imports transformers only to subclass a config mixin, when it is installed.
     The training process must hold no encoder library (and saves seconds of start-up on every DDP rank), so
-    transformers is hidden while diffusers loads: diffusers then uses its own stand-in class."""
-    hidden = "transformers" not in sys.modules
+    transformers is hidden while diffusers loads: diffusers then uses its own stand-in class. Samplers, which
+    load encoders anyway, pass hide_transformers=False."""
+    hidden = hide_transformers and "transformers" not in sys.modules and "diffusers" not in sys.modules
     if hidden:
         sys.modules["transformers"] = None  # makes `import transformers` raise ImportError
     try:
@@ -57,10 +59,10 @@ def pixart_transformer_class():
 
 class LumosDiT(nn.Module):
     def __init__(self, size: str, latent_size: int, latent_channels: int, caption_channels: int,
-                 grad_checkpointing: bool = False):
+                 grad_checkpointing: bool = False, hide_transformers: bool = True):
         super().__init__()
         s = DIT_MODELS[size]
-        self.transformer = pixart_transformer_class()(
+        self.transformer = pixart_transformer_class(hide_transformers)(
             num_layers=s.depth, attention_head_dim=s.hidden // s.heads, num_attention_heads=s.heads,
             in_channels=latent_channels, out_channels=latent_channels,  # ε only: the loss is ε-MSE
             sample_size=latent_size, patch_size=s.patch, caption_channels=caption_channels,
@@ -90,3 +92,10 @@ class LumosDiT(nn.Module):
 
 def parameter_count(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
+
+
+def autocast(precision: str, device: torch.device):
+    """fp16 or bf16 autocast on the device, nothing for fp32."""
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=torch.float16 if precision == "fp16" else torch.bfloat16)

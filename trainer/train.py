@@ -9,7 +9,6 @@ No encoder is imported here: the features were made once by lumos-encode.
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import json
 import os
@@ -25,7 +24,7 @@ from lumos.trainer import checkpoint as ckpt
 from lumos.trainer.data import EpochOrder, FeatureColumns, FeatureStream, valid_positions
 from lumos.trainer.diffusion import Diffusion
 from lumos.trainer.metrics import MetricsLog
-from lumos.trainer.models import DIT_MODELS, LumosDiT
+from lumos.trainer.models import DIT_MODELS, LumosDiT, autocast
 
 SCALING_FACTOR_KEY = "scaling_factor"
 PROVENANCE_IGNORED = ("versions", "images")  # a library upgrade or a moved images table is the same features
@@ -191,7 +190,7 @@ class Run:
         t = torch.randint(0, self.diffusion.steps, (n,), device=dev, generator=g)
         noise = torch.randn(x0.shape, device=dev, generator=g)
         xt = self.diffusion.q_sample(x0, t, noise)
-        with _autocast(c.precision, dev):
+        with autocast(c.precision, dev):
             loss = self.diffusion.loss(self.ddp(xt, t, cond, mask, drop), noise, weight)
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
@@ -322,12 +321,6 @@ def _same_provenance(saved: dict, now: dict, where: str) -> None:
 def _differs(a: dict, b: dict) -> str:
     keys = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
     return "differs in: " + ", ".join(keys)
-
-
-def _autocast(precision: str, device: torch.device):
-    if precision == "fp32":
-        return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype=torch.float16 if precision == "fp16" else torch.bfloat16)
 
 
 def run_training(config: TrainConfig, say=print) -> dict:

@@ -137,6 +137,15 @@ class ImageEncoder(Encoder):
         pixels = pa.ListArray.from_arrays(offsets, values, mask=pa.array([a is None for a in arrays]))
         return batch.drop_columns([cols.IMAGE]).append_column(features.PIXELS, pixels)
 
+    def encode_images(self, images: list[Image.Image]) -> dict[str, np.ndarray]:
+        """In-process, for samplers and evaluation: images → {column: (N, ...) fp16}, preprocessed and
+        computed exactly as the encode job does."""
+        import torch
+
+        pixels = torch.from_numpy(np.stack([self.preprocess(im.convert("RGB")) for im in images]))
+        with torch.inference_mode(), self.autocast():
+            return self.forward(pixels.to(self.device))
+
     def encode(self, batch: pa.Table) -> pa.Table:
         import torch
 

@@ -74,6 +74,21 @@ class T5Encoder(Encoder):
                     raise missing_weights(f"the text encoder {self.name}", source, err) from None
         return self._tokenizer
 
+    def tokenize(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        """Captions → token ids (n, max_tokens), padded, cut at max_tokens (EOS included), and lengths (n,)."""
+        tok = self.tokenizer()(texts, max_length=self.max_tokens, padding="max_length", truncation=True,
+                               return_tensors="np")
+        return tok["input_ids"], tok["attention_mask"].sum(1)
+
+    def encode_texts(self, texts: list[str]) -> list[np.ndarray | None]:
+        """In-process, for samplers: captions → per caption its valid tokens (len, D) fp16 (None: not finite),
+        tokenized and computed exactly as the encode job does."""
+        import torch
+
+        ids, lengths = self.tokenize(texts)
+        return self.forward(torch.from_numpy(ids.astype(np.int64)).to(self.device),
+                            torch.from_numpy(lengths.astype(np.int64)).to(self.device))
+
     def prepare(self, batch: pa.Table) -> pa.Table:
         for caption, _, length in self.captions():
             texts = batch[caption].to_pylist()
@@ -81,10 +96,7 @@ class T5Encoder(Encoder):
             ids = np.zeros((len(texts), self.max_tokens), np.int32)
             lengths = np.zeros(len(texts), np.int32)
             if ok.any():
-                tok = self.tokenizer()([t for t, good in zip(texts, ok) if good], max_length=self.max_tokens,
-                                       padding="max_length", truncation=True, return_tensors="np")
-                ids[ok] = tok["input_ids"]
-                lengths[ok] = tok["attention_mask"].sum(1)
+                ids[ok], lengths[ok] = self.tokenize([t for t, good in zip(texts, ok) if good])
             batch = batch.drop_columns([caption])
             batch = batch.append_column(features.token_ids_column(caption), pa.FixedSizeListArray.from_arrays(
                 pa.array(ids.reshape(-1)), self.max_tokens, mask=pa.array(~ok)))

@@ -35,7 +35,8 @@ class VitEncoder(VisionEncoder):
             with quiet_loading():
                 return timm.create_model(self.timm_name, pretrained=True, num_classes=0, **self.timm_kwargs, **kwargs)
         except Exception as err:  # noqa: BLE001
-            raise missing_weights(f"the image encoder {self.name}", f"timm {self.timm_name}", err) from None
+            raise missing_weights(f"the image encoder {self.name}", self.weights or f"timm {self.timm_name}",
+                                  err) from None
 
     def tokens_and_attention(self, pixels):
         if self.tokens != "top119":

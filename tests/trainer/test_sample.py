@@ -1,0 +1,100 @@
+"""`lumos-sample` on a DiT-T/2 run trained on tiny-encoder features: grids of the expected size, the same seed
+gives the same bytes, encoders that are not available fail in one line."""
+
+import json
+import shutil
+
+import numpy as np
+from PIL import Image
+from typer.testing import CliRunner
+
+from lumos.curation.sample import encode, synthetic_image
+from lumos.trainer import checkpoint as ckpt
+from lumos.trainer.grid import PAD
+from lumos.trainer.sample_cli import app
+
+RESOLUTION = 256  # the tiny-vae features of the fixture
+FAST = ["--steps", "4", "--device", "cpu"]
+
+
+def _images(tmp_path, count=2):
+    paths = []
+    for i in range(count):
+        path = tmp_path / f"in{i}.jpg"
+        path.write_bytes(encode(synthetic_image(320 + 40 * i, 290, seed=100 + i)))
+        paths.append(str(path))
+    return paths
+
+
+def _sample(*args):
+    result = CliRunner().invoke(app, [*args, *FAST])
+    assert result.exit_code in (0, 2), result.exception
+    return result.exit_code, [line for line in result.output.splitlines() if line.strip()]
+
+
+def _size(rows, cols):
+    return (cols * (RESOLUTION + PAD) + PAD, rows * (RESOLUTION + PAD) + PAD)  # PIL: (width, height)
+
+
+def test_i2i_grid_size_and_same_seed_same_bytes(sample_runs, tmp_path):
+    a, b = _images(tmp_path)
+    runs = []
+    for name, seed in (("one.png", 0), ("two.png", 0), ("other.png", 1)):
+        code, lines = _sample("i2i", "--checkpoint", sample_runs["i2i"], "--image", a, "--image", b, "--num", "3",
+                              "--seed", str(seed), "--output", str(tmp_path / name))
+        assert code == 0, lines
+        runs.append((tmp_path / name).read_bytes())
+    assert Image.open(tmp_path / "one.png").size == _size(2, 4)
+    assert runs[0] == runs[1] and runs[0] != runs[2]
+    grid = np.asarray(Image.open(tmp_path / "one.png"))
+    cells = [grid[PAD:PAD + RESOLUTION, PAD + j * (RESOLUTION + PAD):PAD + j * (RESOLUTION + PAD) + RESOLUTION]
+             for j in range(4)]
+    assert all(not np.array_equal(cells[1], c) for c in cells[2:])  # 3 different samples, not one repeated
+
+
+def test_interpolate_strip_and_t2i_grid(sample_runs, tmp_path):
+    a, b = _images(tmp_path)
+    code, lines = _sample("interpolate", "--checkpoint", sample_runs["i2i"], "--image", a, "--image", b,
+                          "--num", "4", "--output", str(tmp_path / "strip.png"))
+    assert code == 0, lines
+    assert Image.open(tmp_path / "strip.png").size == _size(1, 6)  # A, 4 points, B
+    outputs = []
+    for name in ("t1.png", "t2.png"):
+        code, lines = _sample("t2i", "--checkpoint", sample_runs["t2i"], "--prompt", "picture 1, picture 1",
+                              "--prompt", "a red square", "--num", "2", "--output", str(tmp_path / name))
+        assert code == 0, lines
+        outputs.append((tmp_path / name).read_bytes())
+    assert Image.open(tmp_path / "t1.png").size == _size(2, 2) and outputs[0] == outputs[1]
+
+
+def _edited_run(source, tmp_path, edit):
+    """A copy of a run whose checkpoint's provenance is edited: a run made elsewhere, with other encoders."""
+    run = tmp_path / "edited"
+    shutil.copytree(source, run)
+    path = ckpt.latest(str(run))
+    config = ckpt.read_config(path)
+    edit(config["provenance"])
+    with open(f"{path}/config.json", "w") as f:
+        json.dump(config, f)
+    return str(run)
+
+
+def test_encoders_not_available_fail_in_one_line(sample_runs, tmp_path):
+    from lumos.pipeline.encoders import EncoderConfig
+
+    image = _images(tmp_path, 1)[0]
+    # features made with dino-b from weights at a path this machine does not have
+    made_elsewhere = {k: v for k, v in EncoderConfig("dino-b", weights="/nowhere/dino.pth").build().provenance().items()
+                      if k not in ("versions", "images")}
+    cases = [(lambda p: p.update(condition=made_elsewhere), "/nowhere/dino.pth"),
+             (lambda p: p["condition"].update(encoder="dino-xxl"), "unknown encoder 'dino-xxl'"),
+             (lambda p: p["latents"].update(resolution=512), "tiny-vae is built differently here"),
+             (lambda p: p["condition"].update(random_weights=True), "built with random weights")]
+    for i, (edit, message) in enumerate(cases):
+        run = _edited_run(sample_runs["i2i"], tmp_path / f"case{i}", edit)
+        code, lines = _sample("i2i", "--checkpoint", run, "--image", image, "--output", str(tmp_path / "x.png"))
+        errors = [line for line in lines if not line.startswith(run)]
+        assert code == 2 and len(errors) == 1 and message in errors[0], lines
+    code, lines = _sample("t2i", "--checkpoint", sample_runs["i2i"], "--prompt", "x", "--output", str(tmp_path / "x.png"))
+    assert code == 2 and "is a i2i run; use lumos-sample i2i" in lines[-1], lines
+    assert not (tmp_path / "x.png").exists()

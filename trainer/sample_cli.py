@@ -1,0 +1,176 @@
+"""`lumos-sample i2i | interpolate | t2i`: images from a lumos-train run.
+
+The condition is computed the way the run's features were made (the encoders, weights and preprocessing
+named in the checkpoint's provenance, `tiny-*` test encoders included), the EMA DiT samples with DPM-Solver++
+(or DDIM) and classifier-free guidance, the run's VAE decodes, and one PNG grid is written. The same
+--seed gives the same bytes.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import List
+
+import typer
+from rich.console import Console
+
+os.environ.setdefault("LANCE_LOG", "error")
+
+from lumos.curation.errors import UserError  # noqa: E402
+
+err_console = Console(stderr=True)
+app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
+
+CHECKPOINT = typer.Option(..., help="A lumos-train run folder (its newest checkpoint) or a checkpoints/step-N folder.")
+NUM = typer.Option(4, help="Samples per input.")
+STEPS = typer.Option(20, help="Sampling steps.")
+CFG = typer.Option(4.5, help="Classifier-free guidance scale (1: none).")
+SCHEDULER = typer.Option("dpm", help="dpm (DPM-Solver++ 2M, PixArt's) or ddim.")
+SEED = typer.Option(0, help="Seeds the noise (drawn on the CPU: the same seed gives the same samples).")
+OUTPUT = typer.Option(..., help="The PNG to write.")
+DEVICE = typer.Option("auto", help="cuda, cpu or auto (cuda when there is one).")
+PRECISION = typer.Option("auto", help="DiT compute: fp16, bf16, fp32, or auto (fp16 on a GPU, fp32 on a CPU).")
+
+
+def pick_device(device: str):
+    import torch
+
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"--device {device}: no GPU here")
+    return torch.device(device)
+
+
+def pick_precision(precision: str, device) -> str:
+    if precision == "auto":
+        return "fp16" if device.type == "cuda" else "fp32"
+    if precision not in ("fp16", "bf16", "fp32"):
+        raise UserError(f"--precision {precision}: expected fp16, bf16, fp32 or auto")
+    if precision == "fp16" and device.type != "cuda":
+        raise UserError("--precision fp16 needs a GPU; on a CPU use fp32 or bf16")
+    return precision
+
+
+class Session:
+    """A run loaded for sampling: the EMA DiT, the VAE, the condition encoder."""
+
+    def __init__(self, checkpoint: str, mode: str, device: str, precision: str):
+        from lumos.trainer.run_encoders import ImageCondition, Latents, TextCondition
+        from lumos.trainer.sampler import find_checkpoint, load_trained
+
+        self.device = pick_device(device)
+        self.precision = pick_precision(precision, self.device)
+        path, config = find_checkpoint(checkpoint)
+        if config["train"]["mode"] != mode:
+            raise UserError(f"--checkpoint {checkpoint} is a {config['train']['mode']} run; use lumos-sample "
+                            f"{config['train']['mode']}")
+        provenance = config["provenance"]  # the encoders first: a missing one fails before the DiT loads
+        self.latents = Latents(provenance["latents"], float(config["scaling_factor"]), self.device)
+        self.condition = (ImageCondition if mode != "t2i" else TextCondition)(provenance["condition"], self.device)
+        self.trained = load_trained(path, self.device)
+        err_console.print(f"{path}: {config['train']['model']} ({mode}), {self.latents.resolution}px, on "
+                          f"{self.device}", highlight=False)
+
+    def images(self, cond, mask, **kw):
+        """Conditions → decoded samples (P·num, R, R, 3) uint8."""
+        from lumos.trainer.sampler import generate
+
+        if kw["num"] < 1:
+            raise UserError("--num must be >= 1")
+        latents = generate(self.trained.model, cond, mask, latent_shape=self.trained.latent_shape,
+                           precision=self.precision, **kw)
+        return self.latents.decode(latents)
+
+
+def open_images(paths: list[str]):
+    from PIL import Image, UnidentifiedImageError
+
+    out = []
+    for path in paths:
+        try:
+            with Image.open(path) as im:
+                out.append(im.convert("RGB"))
+        except (OSError, UnidentifiedImageError) as err:
+            raise UserError(f"--image {path}: cannot read it as an image ({str(err).splitlines()[0]})") from None
+    return out
+
+
+def run(body) -> None:
+    """Run a command body; a user's mistake ends in one line and exit 2."""
+    try:
+        path = body()
+    except UserError as err:
+        err_console.print(f"[red]error:[/red] {err}", highlight=False, soft_wrap=True)
+        raise typer.Exit(2) from None
+    print(f"wrote {path}")
+
+
+@app.command()
+def i2i(checkpoint: str = CHECKPOINT,
+        image: List[str] = typer.Option(..., help="An input image; repeat for more (one grid row each)."),
+        num: int = NUM, steps: int = STEPS, cfg: float = CFG, scheduler: str = SCHEDULER, seed: int = SEED,
+        output: str = OUTPUT, device: str = DEVICE, precision: str = PRECISION):
+    """Variations of images: each row is an input (as the VAE sees it) then --num samples conditioned on its
+    DINO features."""
+    from lumos.trainer.grid import save_grid
+
+    def body():
+        s = Session(checkpoint, "i2i", device, precision)
+        inputs = open_images(image)
+        samples = s.images(s.condition(inputs), None, num=num, steps=steps, cfg=cfg, scheduler=scheduler, seed=seed)
+        rows = [[s.latents.show(im), *samples[i * num:(i + 1) * num]] for i, im in enumerate(inputs)]
+        return save_grid(rows, output)
+
+    run(body)
+
+
+@app.command()
+def interpolate(checkpoint: str = CHECKPOINT,
+                image: List[str] = typer.Option(..., help="Exactly two images, A then B."),
+                num: int = typer.Option(8, help="Points from A to B, both ends included."),
+                steps: int = STEPS, cfg: float = CFG, scheduler: str = SCHEDULER, seed: int = SEED,
+                output: str = OUTPUT, device: str = DEVICE, precision: str = PRECISION):
+    """A strip from image A to image B: slerp between their DINO features, one shared noise (Figure S7)."""
+    import torch
+
+    from lumos.trainer.grid import save_grid
+    from lumos.trainer.sampler import slerp
+
+    def body():
+        if len(image) != 2:
+            raise UserError(f"--image: interpolate takes exactly two (A and B), got {len(image)}")
+        if num < 2:
+            raise UserError("--num must be >= 2 (A and B)")
+        s = Session(checkpoint, "i2i", device, precision)
+        inputs = open_images(image)
+        a, b = s.condition(inputs)
+        cond = torch.stack([slerp(a, b, i / (num - 1)) for i in range(num)])  # (num, 1, D)
+        noise = torch.randn((1, *s.trained.latent_shape), generator=torch.Generator("cpu").manual_seed(seed))
+        samples = s.images(cond, None, num=1, steps=steps, cfg=cfg, scheduler=scheduler,
+                           noise=noise.expand(num, *noise.shape[1:]))
+        return save_grid([[s.latents.show(inputs[0]), *samples, s.latents.show(inputs[1])]], output)
+
+    run(body)
+
+
+@app.command()
+def t2i(checkpoint: str = CHECKPOINT,
+        prompt: List[str] = typer.Option(..., help="A prompt; repeat for more (one grid row each)."),
+        num: int = NUM, steps: int = STEPS, cfg: float = CFG, scheduler: str = SCHEDULER, seed: int = SEED,
+        output: str = OUTPUT, device: str = DEVICE, precision: str = PRECISION):
+    """Images from text: each row --num samples for one prompt, encoded by the run's T5."""
+    from lumos.trainer.grid import save_grid
+
+    def body():
+        s = Session(checkpoint, "t2i", device, precision)
+        cond, mask = s.condition(list(prompt))
+        samples = s.images(cond, mask, num=num, steps=steps, cfg=cfg, scheduler=scheduler, seed=seed)
+        return save_grid([list(samples[i * num:(i + 1) * num]) for i in range(len(prompt))], output)
+
+    run(body)
+
+
+if __name__ == "__main__":
+    app()
+
