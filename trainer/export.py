@@ -92,11 +92,13 @@ def export(checkpoint: str, output: str, scheduler: str = "dpm", text_encoder: b
 def describe(trained, scheduler: str, t2i: bool, text_encoder: bool) -> dict:
     provenance = trained.config["provenance"]
     latent = trained.latent_shape
-    usage = ("pipe = PixArtAlphaPipeline.from_pretrained(DIR); neg, neg_mask = "
-             "lumos.trainer.export.load_negative(DIR, len(prompts)); pipe(prompts, negative_prompt_embeds=neg, "
+    usage = ("pipe = PixArtAlphaPipeline.from_pretrained(DIR); embeds, mask, _, _ = pipe.encode_prompt(prompts, "
+             "do_classifier_free_guidance=False); neg, neg_mask = lumos.trainer.export.load_negative(DIR, "
+             "len(prompts)); pipe(prompt_embeds=embeds, prompt_attention_mask=mask, negative_prompt=None, "
+             "negative_prompt_embeds=neg, "
              f"negative_prompt_attention_mask=neg_mask, height={latent[-1] * 8}, width={latent[-1] * 8}, "
              "use_resolution_binning=False)") if t2i else (
-             "transformer(x, encoder_hidden_states=L2-normalised CLS (N, 1, D), timestep=t, added_cond_kwargs="
+             "transformer(x, encoder_hidden_states=the L2-normalised CLS (N, 1, D), timestep=t, added_cond_kwargs="
              "{'resolution': None, 'aspect_ratio': None}); unconditional: negative_prompt_embeds")
     return {"checkpoint": trained.path, "mode": trained.mode, "model": trained.config["train"]["model"],
             "scheduler": scheduler, "latent_shape": list(latent), "scaling_factor": trained.scaling,

@@ -199,9 +199,11 @@ class Run:
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.scheduler.step()
+        # EMA with diffusers EMAModel's warm-up: early weights (the random init) fade out in short runs too
+        decay = min(c.ema, (1 + self.step) / (10 + self.step))
         with torch.no_grad():
             for e, p in zip(self.ema.parameters(), self.model.parameters()):
-                e.lerp_(p, 1.0 - c.ema)
+                e.lerp_(p, 1.0 - decay)
         return loss.detach()
 
     def train(self, say=print) -> dict:

@@ -24,8 +24,8 @@ def sample_runs(feature_table, tmp_path_factory):
     root = tmp_path_factory.mktemp("runs")
     tiny = dict(model="DiT-T/2", latents="tiny-vae", condition="tiny-dino", text="tiny-t5", precision="fp32",
                 batch_size=8, lr=1e-3, warmup=5, workers=0, ema=0.9)
-    run_training(TrainConfig(mode="i2i", data=feature_table, output=str(root / "i2i"), steps=20, **tiny),
+    run_training(TrainConfig(mode="i2i", data=feature_table, output=str(root / "i2i"), steps=150, **tiny),
                  say=lambda *_: None)
-    run_training(TrainConfig(mode="t2i", data=feature_table, output=str(root / "t2i"), steps=10,
+    run_training(TrainConfig(mode="t2i", data=feature_table, output=str(root / "t2i"), steps=50,
                              init=str(root / "i2i"), **tiny), say=lambda *_: None)
     return {"i2i": str(root / "i2i"), "t2i": str(root / "t2i"), "images": str(root)}
