@@ -59,6 +59,10 @@ def train(
     record_samples: bool = typer.Option(False, help="Write each step's sample ids to RUN/samples-rank{r}.jsonl "
                                         "(to audit the data order)."),
     tensorboard: bool = typer.Option(False, help="Also log to RUN/tensorboard (needs the tensorboard package)."),
+    sample_every: int = typer.Option(0, help="Every N steps, write RUN/samples/step-N.png: the EMA model's samples "
+                                     "for --sample-rows held-back rows (0: none; rows are held back only then)."),
+    sample_rows: int = typer.Option(8, help="Rows held back from training for the --sample-every grids (their "
+                                    "ids: RUN/samples/held-back.json)."),
 ):
     """Train the DiT on cached features; no encoder runs here."""
     from lumos.trainer.train import TrainConfig, run_training
@@ -72,7 +76,7 @@ def train(
                              grad_clip=grad_clip, grad_checkpointing=grad_checkpointing, ema=ema,
                              cond_dropout=cond_dropout, save_every=save_every, keep=keep, log_every=log_every,
                              seed=seed, resume=resume, workers=workers, record_samples=record_samples,
-                             tensorboard=tensorboard)
+                             tensorboard=tensorboard, sample_every=sample_every, sample_rows=sample_rows)
         result = run_training(config, say=err_console.print)
     except UserError as err:
         err_console.print(f"[red]error:[/red] {err}", highlight=False, soft_wrap=True)

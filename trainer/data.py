@@ -124,17 +124,17 @@ class FeatureStream(IterableDataset):
         positions, weight = self.order.rows(epoch, in_epoch)
         table = ds.take(positions, columns=[ID, *self.columns.names()] if self.with_ids else self.columns.names())
         batch = {"step": step, "epoch": epoch, "weight": torch.from_numpy(weight),
-                 "mean": _fixed(table, self.columns.mean, ds), "std": _fixed(table, self.columns.std, ds)}
+                 "mean": read_fixed(table, self.columns.mean, ds), "std": read_fixed(table, self.columns.std, ds)}
         if self.with_ids:
             batch["ids"] = table[ID].to_pylist()
         if self.columns.length is None:  # one condition vector a row → one token
-            batch["cond"] = _fixed(table, self.columns.cond, ds)[:, None]  # (N, 1, C)
+            batch["cond"] = read_fixed(table, self.columns.cond, ds)[:, None]  # (N, 1, C)
         else:
-            batch["cond"], batch["mask"] = _padded(table, self.columns.cond, self.columns.length, ds)
+            batch["cond"], batch["mask"] = read_padded(table, self.columns.cond, self.columns.length, ds)
         return batch
 
 
-def _fixed(table, name: str, ds) -> torch.Tensor:
+def read_fixed(table, name: str, ds) -> torch.Tensor:
     shape = features.shape_of(ds.schema.field(name))
     values = table[name].combine_chunks().flatten().to_numpy(zero_copy_only=False)
     with warnings.catch_warnings():  # read-only Arrow memory, wrapped without a copy: the trainer only reads it
@@ -142,7 +142,7 @@ def _fixed(table, name: str, ds) -> torch.Tensor:
         return torch.from_numpy(values.reshape(table.num_rows, *shape))  # fp16
 
 
-def _padded(table, name: str, length: str, ds) -> tuple[torch.Tensor, torch.Tensor]:
+def read_padded(table, name: str, length: str, ds) -> tuple[torch.Tensor, torch.Tensor]:
     """Variable-length token lists → (N, L, C) padded to the longest row of the batch, and (N, L) mask."""
     dim = features.shape_of(ds.schema.field(name))[-1]
     lengths = table[length].to_numpy(zero_copy_only=False).astype(np.int64)

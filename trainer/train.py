@@ -23,6 +23,7 @@ from lumos.schemas import features
 from lumos.trainer import checkpoint as ckpt
 from lumos.trainer.data import EpochOrder, FeatureColumns, FeatureStream, valid_positions
 from lumos.trainer.diffusion import Diffusion
+from lumos.trainer.held_back import HeldBackGrid, hold_back
 from lumos.trainer.metrics import MetricsLog
 from lumos.trainer.models import DIT_MODELS, LumosDiT, autocast
 
@@ -62,6 +63,8 @@ class TrainConfig:
     workers: int = 4
     record_samples: bool = False
     tensorboard: bool = False
+    sample_every: int = 0  # a grid of held-back samples every N steps (0: none, no row held back)
+    sample_rows: int = 8  # rows held back from training for those grids
 
 
 class Run:
@@ -101,6 +104,8 @@ class Run:
             saved = ckpt.read_config(self.resume_from)
             _same_provenance(saved["provenance"], self.provenance, self.resume_from)
             changed = [k for k in RUN_DEFINING[c.mode] if saved["train"][k] != getattr(c, k)]
+            if _held_back(saved["train"]) != _held_back(asdict(c)):
+                changed.append(f"held-back rows ({_held_back(saved['train'])} then, {_held_back(asdict(c))} now)")
             if saved["world_size"] != self.world:
                 changed.append(f"world size ({saved['world_size']} processes then, {self.world} now)")
             if changed:
@@ -134,6 +139,9 @@ class Run:
         if len(positions) == 0:
             raise UserError(f"--data {c.data}: no row has every column this run needs "
                             f"({', '.join(self.columns.names())})")
+        self.held_back, self.grid = None, None
+        if c.sample_every:
+            positions, self.held_back = hold_back(positions, c.sample_rows, c.seed)
         self.order = EpochOrder(positions, c.batch_size, self.world, self.rank, c.seed)
         self.diffusion = Diffusion(device=self.device)
 
@@ -252,6 +260,8 @@ class Run:
             bar.update(1)
             if self.step % c.save_every == 0 or self.step == c.steps:
                 self.save()
+            if main and c.sample_every and self.step % c.sample_every == 0:
+                bar.write(f"samples: {self.sample_grid()}")
         bar.close()
         if records:
             records.close()
@@ -267,6 +277,14 @@ class Run:
                                   self.step, self.full_config())
             ckpt.publish(self.config.output, self.step, self.config.keep)
         self._barrier()
+
+    def sample_grid(self) -> str:
+        """Rank 0: the held-back grid at this step (the VAE decoder loads the first time)."""
+        if self.grid is None:
+            self.grid = HeldBackGrid(self.config.data, self.columns, self.held_back, self.config.mode,
+                                     self.provenance, self.scaling, self.device, self.config.precision,
+                                     self.config.seed, self.config.output)
+        return self.grid.write(self.ema, self.step)
 
     def _barrier(self) -> None:
         if self.world > 1:
@@ -288,10 +306,17 @@ def _check(c: TrainConfig, cuda: bool) -> None:
         raise UserError("--init is for t2i (fine-tuning an I2I run)")
     if c.caption not in ("short", "long"):
         raise UserError(f"--caption {c.caption}: expected short or long")
-    for name, value in (("--batch-size", c.batch_size), ("--steps", c.steps), ("--save-every", c.save_every),
+    if c.sample_every < 0:
+        raise UserError("--sample-every must be >= 0 (0: no sample grids)")
+    for name, value in (("--sample-rows", c.sample_rows), ("--batch-size", c.batch_size), ("--steps", c.steps), ("--save-every", c.save_every),
                         ("--log-every", c.log_every), ("--keep", c.keep)):
         if value < 1:
             raise UserError(f"{name} must be >= 1")
+
+
+def _held_back(train: dict) -> int:
+    """How many rows a run held back from training (it changes the data order)."""
+    return train.get("sample_rows", 8) if train.get("sample_every", 0) else 0
 
 
 def _columns_and_provenance(c: TrainConfig, meta: dict) -> tuple[FeatureColumns, dict]:

@@ -2,10 +2,13 @@
 gives the same bytes, encoders that are not available fail in one line."""
 
 import json
+import os
 import shutil
 
 import numpy as np
+import pytest
 from PIL import Image
+from train_cases import ROWS
 from typer.testing import CliRunner
 
 from lumos.curation.sample import encode, synthetic_image
@@ -98,3 +101,22 @@ def test_encoders_not_available_fail_in_one_line(sample_runs, tmp_path):
     code, lines = _sample("t2i", "--checkpoint", sample_runs["i2i"], "--prompt", "x", "--output", str(tmp_path / "x.png"))
     assert code == 2 and "is a i2i run; use lumos-sample i2i" in lines[-1], lines
     assert not (tmp_path / "x.png").exists()
+
+
+def test_lumos_train_sample_every_writes_grids_of_held_back_rows(feature_table, tmp_path):
+    from lumos.curation.errors import UserError
+    from lumos.trainer.train import TrainConfig, run_training
+
+    run = tmp_path / "run"
+    config = dict(mode="i2i", data=feature_table, output=str(run), model="DiT-T/2", latents="tiny-vae",
+                  condition="tiny-dino", precision="fp32", batch_size=8, workers=0, steps=10, sample_every=5,
+                  sample_rows=2, record_samples=True)
+    run_training(TrainConfig(**config), say=lambda *_: None)
+    assert sorted(os.listdir(run / "samples")) == ["held-back.json", "step-0000005.png", "step-0000010.png"]
+    assert Image.open(run / "samples" / "step-0000010.png").size == _size(2, 5)  # reconstruction + 4 samples
+    held = json.loads((run / "samples" / "held-back.json").read_text())["ids"]
+    with open(run / "samples-rank0.jsonl") as f:
+        trained = {i for line in f for i in json.loads(line)["ids"]}
+    assert len(held) == 2 and not set(held) & trained and len(trained) == ROWS - 2
+    with pytest.raises(UserError, match="held-back rows"):  # holding back changes the data order
+        run_training(TrainConfig(**{**config, "sample_every": 0, "resume": True, "steps": 12}), say=lambda *_: None)
