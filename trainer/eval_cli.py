@@ -70,6 +70,8 @@ def fid(checkpoint: Optional[str] = typer.Option(None, help="A lumos-train run f
 
 def _fid(checkpoint, reference, num, a, b, inception_path, resolution, batch_size, steps, cfg, scheduler, seed,
          device, precision, cache_dir, save_samples) -> dict:
+    import numpy as np
+
     from lumos.trainer import fid as F
     from lumos.trainer.sample_cli import pick_device
 
@@ -96,8 +98,6 @@ def _fid(checkpoint, reference, num, a, b, inception_path, resolution, batch_siz
     ref = F.ImageSet(reference)
     if not ref.table:
         raise UserError(f"--reference {reference}: expected a Lance images table (lumos-curate's images.lance)")
-    import numpy as np
-
     session = sampling_session(checkpoint, device, precision, resolution)
     resolution = session.latents.resolution
     net = F.Inception(inception_path, dev)
@@ -132,7 +132,7 @@ def generate(session, ref, num, batch_size, steps, cfg, scheduler, seed, save_sa
 
     from lumos.schemas import images as cols
 
-    ds = ref._dataset()
+    ds = ref.dataset()
     t2i = session.trained.mode == "t2i"
     if t2i:
         captions = ds.to_table(columns=[cols.CAPTION])[cols.CAPTION].to_pylist()

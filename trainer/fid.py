@@ -64,8 +64,9 @@ class Inception:
                 state = torch.load(weights, map_location="cpu", weights_only=True)
                 with open(weights, "rb") as f:
                     self.id = "sha256:" + hashlib.sha256(f.read()).hexdigest()[:16]
-            except (OSError, RuntimeError, ValueError) as err:
-                raise UserError(f"--inception {weights}: cannot read it ({str(err).splitlines()[0]})") from None
+            except Exception as err:  # noqa: BLE001 - missing, not a torch file, pickled objects: one answer
+                first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+                raise UserError(f"--inception {weights}: cannot read it as a weights file ({first})") from None
         else:
             try:
                 state = pf.load_state_dict_from_url(pf.FID_WEIGHTS_URL, progress=True)
@@ -123,9 +124,9 @@ class ImageSet:
                 raise UserError(f"{self.path}: no image files ({', '.join(IMAGE_SUFFIXES)})")
 
     def __len__(self) -> int:
-        return self._dataset().count_rows() if self.table else len(self.files)
+        return self.dataset().count_rows() if self.table else len(self.files)
 
-    def _dataset(self):
+    def dataset(self):
         import lance
 
         return lance.dataset(self.path)
@@ -133,7 +134,7 @@ class ImageSet:
     def fingerprint(self) -> dict:
         """What identifies the set's content: a table's version (and its time), or each file's size and mtime."""
         if self.table:
-            ds = self._dataset()
+            ds = self.dataset()
             stamp = next((v["timestamp"] for v in ds.versions() if v["version"] == ds.version), None)
             return {"table": os.path.abspath(self.path), "version": ds.version, "timestamp": str(stamp)}
         digest = hashlib.sha256()
@@ -146,7 +147,7 @@ class ImageSet:
         """The first `count` images as (n, R, R, 3) uint8 batches."""
         from lumos.schemas import images as cols
 
-        ds = self._dataset() if self.table else None
+        ds = self.dataset() if self.table else None
         for start in range(0, count, batch):
             index = list(range(start, min(start + batch, count)))
             if ds is not None:

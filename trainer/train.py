@@ -308,8 +308,8 @@ def _check(c: TrainConfig, cuda: bool) -> None:
         raise UserError(f"--caption {c.caption}: expected short or long")
     if c.sample_every < 0:
         raise UserError("--sample-every must be >= 0 (0: no sample grids)")
-    for name, value in (("--sample-rows", c.sample_rows), ("--batch-size", c.batch_size), ("--steps", c.steps), ("--save-every", c.save_every),
-                        ("--log-every", c.log_every), ("--keep", c.keep)):
+    for name, value in (("--batch-size", c.batch_size), ("--steps", c.steps), ("--save-every", c.save_every),
+                        ("--log-every", c.log_every), ("--keep", c.keep), ("--sample-rows", c.sample_rows)):
         if value < 1:
             raise UserError(f"{name} must be >= 1")
 

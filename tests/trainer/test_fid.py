@@ -117,3 +117,18 @@ def test_fid_of_a_run_against_a_reference_table(sample_runs, feature_table, ince
     assert result["reference_stats_cached"]  # the second run reused the first run's reference statistics
     code, lines = _eval("--checkpoint", sample_runs["i2i"], "--a", table, *common[2:])
     assert code == 2 and "--checkpoint needs --reference" in lines[-1]
+
+
+def test_inception_weights_that_cannot_be_used_fail_in_one_line(tmp_path):
+    folder = tmp_path / "set"
+    folder.mkdir()
+    for i in range(2):
+        (folder / f"{i}.png").write_bytes(encode(synthetic_image(90, 80, seed=i), "PNG"))
+    torch.save({"x": torch.zeros(2)}, tmp_path / "other.pth")
+    (tmp_path / "text.pth").write_text("{}")
+    for weights, message in ((tmp_path / "missing.pth", "cannot read it as a weights file"),
+                             (tmp_path / "text.pth", "cannot read it as a weights file"),
+                             (tmp_path / "other.pth", "not the FID Inception's weights")):
+        code, lines = _eval("--a", str(folder), "--b", str(folder), "--inception", str(weights),
+                            "--cache-dir", str(tmp_path / "cache"))
+        assert code == 2 and len(lines) == 1 and message in lines[0], lines
