@@ -55,13 +55,13 @@ def export(checkpoint: str, output: str, scheduler: str = "dpm", text_encoder: b
     from lumos.trainer.run_encoders import rebuild
     from lumos.trainer.sampler import load_trained, make_scheduler
 
+    if os.path.exists(output) and (not os.path.isdir(output) or os.listdir(output)):
+        raise UserError(f"--output {output} exists and is not empty")
     trained = load_trained(checkpoint)
     provenance = trained.config["provenance"]
     sched = make_scheduler(scheduler)
     vae = rebuild(provenance["latents"], "latents")
     t2i = trained.mode == "t2i"
-    if os.path.exists(output) and os.listdir(output):
-        raise UserError(f"--output {output} exists and is not empty")
     staging = output.rstrip("/") + ".tmp-export"
     shutil.rmtree(staging, ignore_errors=True)
     os.makedirs(staging)
