@@ -40,15 +40,22 @@ def statistics(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 def frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
     """‖μ1 − μ2‖² + tr Σ1 + tr Σ2 − 2 tr (Σ1 Σ2)^½, with tr (Σ1 Σ2)^½ = Σ √λ(A Σ2 A), A = Σ1^½: the eigenvalues
-    of a symmetric PSD matrix (no general matrix square root, no complex parts to discard)."""
+    of a symmetric PSD matrix (no general matrix square root, no complex parts to discard), in float64."""
     mu1, mu2 = np.asarray(mu1, np.float64), np.asarray(mu2, np.float64)
     s1, s2 = np.asarray(sigma1, np.float64), np.asarray(sigma2, np.float64)
     w, v = np.linalg.eigh((s1 + s1.T) / 2)
-    root = (v * np.sqrt(np.clip(w, 0, None))) @ v.T  # Σ1^½
+    root = (v * np.sqrt(_resolvable(w))) @ v.T  # Σ1^½
     inner = root @ s2 @ root
-    trace_sqrt = np.sqrt(np.clip(np.linalg.eigvalsh((inner + inner.T) / 2), 0, None)).sum()
+    trace_sqrt = np.sqrt(_resolvable(np.linalg.eigvalsh((inner + inner.T) / 2))).sum()
     diff = mu1 - mu2
     return float(diff @ diff + np.trace(s1) + np.trace(s2) - 2 * trace_sqrt)
+
+
+def _resolvable(eigenvalues: np.ndarray) -> np.ndarray:
+    """Eigenvalues below numpy's rank tolerance (max · n · float64 eps) set to 0: they are rounding noise (a
+    covariance of fewer images than dimensions has many), and their square roots would add up."""
+    tol = max(float(eigenvalues.max()), 0.0) * len(eigenvalues) * np.finfo(np.float64).eps
+    return np.where(eigenvalues > tol, eigenvalues, 0.0)
 
 
 # --- the network ---

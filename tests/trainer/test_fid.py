@@ -57,6 +57,9 @@ def inception_weights(tmp_path_factory):
                         ("Mixed_6e", pf.FIDInceptionC(768, channels_7x7=192)),
                         ("Mixed_7b", pf.FIDInceptionE_1(1280)), ("Mixed_7c", pf.FIDInceptionE_2(2048))):
         setattr(net, name, block)
+    for m in net.modules():  # He init: activations keep their scale through the 90-odd layers (PyTorch's
+        if isinstance(m, torch.nn.Conv2d):  # default init shrinks them to ~1e-7 and every FID to ~1e-13)
+            torch.nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
     path = tmp_path_factory.mktemp("inception") / "pt_inception-random.pth"
     torch.save(net.state_dict(), path)
     return str(path)
@@ -87,7 +90,7 @@ def test_two_sets_and_the_statistics_cache(feature_table, inception_weights, tmp
 
     code, lines = _eval("--a", table, "--b", str(folder), *common)
     first = json.loads(lines[-1])
-    assert code == 0 and first["fid"] > 0 and first["cached"] == [False, True] and first["num_a"] == 24
+    assert code == 0 and first["fid"] > 0.1 and first["cached"] == [False, True] and first["num_a"] == 24
     assert len(os.listdir(cache)) == 2
     code, lines = _eval("--a", table, "--b", str(folder), *common)
     again = json.loads(lines[-1])
@@ -111,7 +114,7 @@ def test_fid_of_a_run_against_a_reference_table(sample_runs, feature_table, ince
         assert code == 0, lines
         result = json.loads(lines[-1])
         assert result == json.loads((tmp_path / f"{mode}.json").read_text())
-        assert np.isfinite(result["fid"]) and result["fid"] > 0
+        assert np.isfinite(result["fid"]) and result["fid"] > 1  # noise-like samples against the images
         assert result["num_generated"] == 6 and result["num_reference"] == 6 and result["resolution"] == 256
         assert sorted(os.listdir(tmp_path / mode)) == [f"{i:06d}.png" for i in range(6)]
     assert result["reference_stats_cached"]  # the second run reused the first run's reference statistics
@@ -132,3 +135,27 @@ def test_inception_weights_that_cannot_be_used_fail_in_one_line(tmp_path):
         code, lines = _eval("--a", str(folder), "--b", str(folder), "--inception", str(weights),
                             "--cache-dir", str(tmp_path / "cache"))
         assert code == 2 and len(lines) == 1 and message in lines[0], lines
+
+
+def test_features_and_distance_are_pytorch_fids(inception_weights, tmp_path):
+    """The same weights file through pytorch-fid's own statistics and distance: the same numbers."""
+    from pytorch_fid import fid_score
+
+    from lumos.trainer.fid import Inception, ImageSet, cached_statistics
+
+    sets = []
+    for name, seed in (("x", 0), ("y", 100)):
+        folder = tmp_path / name
+        folder.mkdir()
+        for i in range(6):  # already square at the resolution: our crop/resize is a no-op, as in pytorch-fid
+            (folder / f"{i}.png").write_bytes(encode(synthetic_image(64, 64, seed=seed + i), "PNG"))
+        sets.append(folder)
+    ours = Inception(inception_weights)
+    stats = [cached_statistics(ImageSet(str(f)), ours, 6, 64, str(tmp_path / "cache"))[:2] for f in sets]
+    theirs = [fid_score.calculate_activation_statistics(sorted(str(p) for p in f.iterdir()), ours.net, batch_size=4,
+                                                        device="cpu", num_workers=0) for f in sets]
+    for (mu, sigma), (their_mu, their_sigma) in zip(stats, theirs):
+        assert np.abs(mu - their_mu).max() <= 1e-5 * np.abs(their_mu).max()
+        assert np.abs(sigma - their_sigma).max() <= 1e-5 * np.abs(their_sigma).max()
+    reference = fid_score.calculate_frechet_distance(*theirs[0], *theirs[1])
+    assert reference > 0.1 and abs(frechet_distance(*stats[0], *stats[1]) - reference) < 1e-3

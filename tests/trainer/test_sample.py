@@ -58,10 +58,16 @@ def test_i2i_grid_size_and_same_seed_same_bytes(sample_runs, tmp_path):
 
 def test_interpolate_strip_and_t2i_grid(sample_runs, tmp_path):
     a, b = _images(tmp_path)
-    code, lines = _sample("interpolate", "--checkpoint", sample_runs["i2i"], "--image", a, "--image", b,
-                          "--num", "4", "--output", str(tmp_path / "strip.png"))
-    assert code == 0, lines
-    assert Image.open(tmp_path / "strip.png").size == _size(1, 6)  # A, 4 points, B
+    strips = []
+    for name in ("strip.png", "strip2.png"):
+        code, lines = _sample("interpolate", "--checkpoint", sample_runs["i2i"], "--image", a, "--image", b,
+                              "--num", "4", "--output", str(tmp_path / name))
+        assert code == 0, lines
+        strips.append((tmp_path / name).read_bytes())
+    assert Image.open(tmp_path / "strip.png").size == _size(1, 6) and strips[0] == strips[1]  # A, 4 points, B
+    strip = np.asarray(Image.open(tmp_path / "strip.png"))
+    ends = [strip[:, PAD + k * (RESOLUTION + PAD):PAD + k * (RESOLUTION + PAD) + RESOLUTION] for k in (1, 4)]
+    assert not np.array_equal(*ends)  # one noise, two conditions: the strip moves from A to B
     outputs = []
     for name in ("t1.png", "t2.png"):
         code, lines = _sample("t2i", "--checkpoint", sample_runs["t2i"], "--prompt", "picture 1, picture 1",
