@@ -142,3 +142,29 @@ def test_lumos_train_sample_every_writes_grids_of_held_back_rows(feature_table, 
     assert np.array_equal(ours[:, first_sample:], theirs[:, first_sample:])
     with pytest.raises(UserError, match="held-back rows"):  # holding back changes the data order
         run_training(TrainConfig(**{**config, "sample_every": 0, "resume": True, "steps": 12}), say=lambda *_: None)
+
+
+@pytest.mark.parametrize("scheduler,tolerance", [("dpm", 1e-4), ("ddim", 0.06)])
+def test_sampler_reaches_the_data_with_the_exact_noise_predictor(scheduler, tolerance):
+    """With one data point x*, the exact ε-prediction is (x_t − √ᾱ_t x*) / √(1 − ᾱ_t); the sampler, on the
+    training betas, must land on x*. (DDIM stops at t = 0 of 1000, keeping √(1 − ᾱ_0) = 0.01 of the noise: a
+    looser bound.)"""
+    import torch
+
+    from lumos.trainer.diffusion import Diffusion
+    from lumos.trainer.sampler import generate
+
+    schedule = Diffusion()
+    target = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(1)) * 0.5
+
+    class Exact(torch.nn.Module):
+        def drop(self, cond, mask, drop):
+            return cond, mask
+
+        def forward(self, x, t, cond, mask=None):
+            a = schedule.sqrt_ab[t.long()].view(-1, 1, 1, 1)
+            return (x - a * target) / schedule.sqrt_1m_ab[t.long()].view(-1, 1, 1, 1)
+
+    out = generate(Exact(), torch.zeros(1, 1, 4), None, latent_shape=(4, 8, 8), num=3, steps=20, cfg=4.5,
+                   scheduler=scheduler)
+    assert (out - target).abs().max() < tolerance, (out - target).abs().max()
