@@ -46,4 +46,9 @@ for run in ("demo-out/i2i", "demo-out/t2i"):
 for path in ("demo-out/curated/images.lance", "demo-out/features.lance"):
     ds = lance.dataset(path)
     print(f"{path}: {ds.count_rows()} rows, columns: {', '.join(ds.schema.names)}")
+from PIL import Image
+for grid in ("demo-out/i2i/samples/step-0000200.png", "demo-out/i2i-grid.png", "demo-out/interpolate.png",
+             "demo-out/t2i-grid.png"):
+    print(f"{grid}: {Image.open(grid).size[0]}x{Image.open(grid).size[1]}")
+print("demo-out/export: " + ", ".join(sorted(__import__("os").listdir("demo-out/export"))))
 PY
