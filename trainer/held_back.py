@@ -46,7 +46,7 @@ class HeldBackGrid:
             cond, mask = read_padded(table, columns.cond, columns.length, ds)
             self.cond, self.mask = cond.float().to(device), mask.to(device)
         self.provenance, self.scaling, self.device, self.precision = provenance, scaling, device, precision
-        self.seed, self.folder, self.latents = seed, os.path.join(output, "samples"), None
+        self.seed, self.folder, self.latents, self.shown = seed, os.path.join(output, "samples"), None, None
         os.makedirs(self.folder, exist_ok=True)
         with open(os.path.join(self.folder, "held-back.json"), "w") as f:
             json.dump({"mode": mode, "ids": table[ID].to_pylist()}, f, indent=1)
@@ -56,11 +56,11 @@ class HeldBackGrid:
         from lumos.trainer.run_encoders import Latents
         from lumos.trainer.sampler import generate
 
-        if self.latents is None:
+        if self.latents is None:  # the first grid: load the VAE, decode the posterior means once
             self.latents = Latents(self.provenance["latents"], self.scaling, self.device)
+            self.shown = self.latents.decode(self.mean * self.scaling)
         samples = generate(ema, self.cond, self.mask, latent_shape=tuple(self.mean.shape[1:]), num=SAMPLES,
                            steps=STEPS, cfg=CFG, scheduler=SCHEDULER, seed=self.seed, precision=self.precision)
         samples = self.latents.decode(samples)
-        shown = self.latents.decode(self.mean * self.scaling)  # the posterior mean, decoded
-        rows = [[shown[i], *samples[i * SAMPLES:(i + 1) * SAMPLES]] for i in range(len(shown))]
+        rows = [[self.shown[i], *samples[i * SAMPLES:(i + 1) * SAMPLES]] for i in range(len(self.shown))]
         return save_grid(rows, os.path.join(self.folder, f"step-{step:07d}.png"))
