@@ -11,6 +11,7 @@ from typing import Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 os.environ.setdefault("LANCE_LOG", "error")
 
@@ -19,6 +20,11 @@ from lumos.trainer.models import DIT_MODELS  # noqa: E402
 
 err_console = Console(stderr=True)
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
+
+
+def say(line: str) -> None:
+    """A progress line on stderr, never wrapped or read as markup (paths hold brackets)."""
+    err_console.print(line, markup=False, highlight=False, soft_wrap=True)
 
 
 @app.command()
@@ -42,18 +48,18 @@ def train(
     weight_decay: float = typer.Option(0.03, help="AdamW weight decay (paper: 0.03)."),
     precision: str = typer.Option("fp16", help="fp16 (autocast + grad scaler, the paper's; GPU only), bf16 or "
                                   "fp32."),
-    grad_clip: float = typer.Option(0.01, help="Gradient-norm clipping (PixArt-α: 0.01)."),
+    grad_clip: float = typer.Option(0.01, help="Gradient-norm clipping (PixArt-α: 0.01; 0: none)."),
     grad_checkpointing: bool = typer.Option(False, help="Recompute activations in the backward pass: less "
                                             "memory, ~30% slower."),
-    ema: float = typer.Option(0.9999, help="EMA decay of the weights kept for sampling."),
+    ema: float = typer.Option(0.9999, help="EMA decay of the weights kept for sampling, in [0, 1)."),
     cond_dropout: float = typer.Option(0.1, help="Probability of replacing the condition by the learned null "
                                        "token (classifier-free guidance)."),
     save_every: int = typer.Option(1000, help="Checkpoint every N steps (and at the end)."),
     keep: int = typer.Option(3, help="How many of the newest checkpoints to keep."),
     log_every: int = typer.Option(10, help="Write metrics.jsonl every N steps."),
     seed: int = typer.Option(0, help="Seeds the weights, the data order and the noise."),
-    resume: bool = typer.Option(False, help="Continue the run in --output from its last checkpoint, data order "
-                                "included."),
+    resume: bool = typer.Option(False, help="Continue the run in --output from its last intact checkpoint, data "
+                                "order included (a damaged newer one is moved to checkpoints/damaged-step-N)."),
     workers: int = typer.Option(4, help="DataLoader worker processes per rank (spawned; 0: load in the main "
                                 "process)."),
     record_samples: bool = typer.Option(False, help="Write each step's sample ids to RUN/samples-rank{r}.jsonl "
@@ -77,9 +83,9 @@ def train(
                              cond_dropout=cond_dropout, save_every=save_every, keep=keep, log_every=log_every,
                              seed=seed, resume=resume, workers=workers, record_samples=record_samples,
                              tensorboard=tensorboard, sample_every=sample_every, sample_rows=sample_rows)
-        result = run_training(config, say=err_console.print)
+        result = run_training(config, say=say)
     except UserError as err:
-        err_console.print(f"[red]error:[/red] {err}", highlight=False, soft_wrap=True)
+        err_console.print(f"[red]error:[/red] {escape(str(err))}", highlight=False, soft_wrap=True)
         raise typer.Exit(2) from None
     if result["checkpoint"]:
         print(f"trained to step {result['steps']}; last checkpoint: {result['checkpoint']}")

@@ -8,16 +8,40 @@ import os
 from lumos.curation.errors import UserError
 
 
+def _logged(path: str):
+    """(line, row) for each logged row; a line a killed run left half-written (cut short, not JSON) is left out."""
+    with open(path, errors="replace") as f:
+        for line in f:
+            try:
+                row = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(row, dict) and isinstance(row.get("step"), int):
+                yield line if line.endswith("\n") else line + "\n", row
+
+
+def read_rows(path: str) -> list[dict]:
+    return [row for _, row in _logged(path)]
+
+
+def keep_until(path: str, step: int) -> None:
+    """A resumed run: keep only what was logged up to its checkpoint (and no half-written line), atomically."""
+    if not os.path.exists(path):
+        return
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        f.writelines(line for line, row in _logged(path) if row["step"] <= step)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
 class MetricsLog:
     def __init__(self, run: str, main: bool, tensorboard: bool = False, start_step: int = 0):
         self.main, self.path, self.writer = main, os.path.join(run, "metrics.jsonl"), None
         if not main:
             return
-        if os.path.exists(self.path):  # a resumed run: drop what was logged after its checkpoint
-            with open(self.path) as f:
-                kept = [line for line in f if line.strip() and json.loads(line)["step"] <= start_step]
-            with open(self.path, "w") as f:
-                f.writelines(kept)
+        keep_until(self.path, start_step)
         self.file = open(self.path, "a")
         if tensorboard:
             try:
@@ -42,8 +66,7 @@ class MetricsLog:
         self.file.close()
         if self.writer:
             self.writer.close()
-        with open(self.path) as f:
-            rows = [json.loads(line) for line in f if line.strip()]
+        rows = [r for r in read_rows(self.path) if isinstance(r.get("loss"), (int, float))]
         if len(rows) >= 2:
             plot_loss([r["step"] for r in rows], [r["loss"] for r in rows], os.path.join(os.path.dirname(self.path), "loss.png"))
 

@@ -13,6 +13,7 @@ from typing import List
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 os.environ.setdefault("LANCE_LOG", "error")
 
@@ -30,6 +31,28 @@ SEED = typer.Option(0, help="Seeds the noise (drawn on the CPU: the same seed gi
 OUTPUT = typer.Option(..., help="The PNG to write.")
 DEVICE = typer.Option("auto", help="cuda, cpu or auto (cuda when there is one).")
 PRECISION = typer.Option("auto", help="DiT compute: fp16, bf16, fp32, or auto (fp16 on a GPU, fp32 on a CPU).")
+
+
+def check_options(num: int, steps: int, cfg: float, scheduler: str, device: str, precision: str,
+                  least: int = 1) -> None:
+    """Impossible values end in one line before any model loads or anything is written."""
+    import math
+    import re
+
+    from lumos.trainer.sampler import SCHEDULERS
+
+    if num < least:
+        raise UserError(f"--num {num}: must be >= {least}" + (" (A and B)" if least == 2 else ""))
+    if steps < 1:
+        raise UserError(f"--steps {steps}: must be >= 1")
+    if not (math.isfinite(cfg) and cfg >= 0):
+        raise UserError(f"--cfg {cfg}: must be >= 0 (1: no guidance)")
+    if scheduler not in SCHEDULERS:
+        raise UserError(f"--scheduler {scheduler}: expected one of {', '.join(SCHEDULERS)}")
+    if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", device):
+        raise UserError(f"--device {device}: expected auto, cpu, cuda or cuda:N")
+    if precision not in ("auto", "fp16", "bf16", "fp32"):
+        raise UserError(f"--precision {precision}: expected fp16, bf16, fp32 or auto")
 
 
 def pick_device(device: str):
@@ -101,7 +124,7 @@ def run(body) -> None:
     try:
         path = body()
     except UserError as err:
-        err_console.print(f"[red]error:[/red] {err}", highlight=False, soft_wrap=True)
+        err_console.print(f"[red]error:[/red] {escape(str(err))}", highlight=False, soft_wrap=True)
         raise typer.Exit(2) from None
     print(f"wrote {path}")
 
@@ -116,6 +139,7 @@ def i2i(checkpoint: str = CHECKPOINT,
     from lumos.trainer.grid import save_grid
 
     def body():
+        check_options(num, steps, cfg, scheduler, device, precision)
         s = Session(checkpoint, "i2i", device, precision)
         inputs = open_images(image)
         samples = s.images(s.condition(inputs), None, num=num, steps=steps, cfg=cfg, scheduler=scheduler, seed=seed)
@@ -140,8 +164,7 @@ def interpolate(checkpoint: str = CHECKPOINT,
     def body():
         if len(image) != 2:
             raise UserError(f"--image: interpolate takes exactly two (A and B), got {len(image)}")
-        if num < 2:
-            raise UserError("--num must be >= 2 (A and B)")
+        check_options(num, steps, cfg, scheduler, device, precision, least=2)
         s = Session(checkpoint, "i2i", device, precision)
         inputs = open_images(image)
         a, b = s.condition(inputs)
@@ -163,6 +186,7 @@ def t2i(checkpoint: str = CHECKPOINT,
     from lumos.trainer.grid import save_grid
 
     def body():
+        check_options(num, steps, cfg, scheduler, device, precision)
         s = Session(checkpoint, "t2i", device, precision)
         cond, mask = s.condition(list(prompt))
         samples = s.images(cond, mask, num=num, steps=steps, cfg=cfg, scheduler=scheduler, seed=seed)

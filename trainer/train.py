@@ -9,8 +9,10 @@ No encoder is imported here: the features were made once by lumos-encode.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
+import math
 import os
 import time
 from dataclasses import asdict, dataclass
@@ -19,12 +21,13 @@ import torch
 import torch.nn.functional as F
 
 from lumos.curation.errors import UserError
+from lumos.curation.output_lock import output_lock
 from lumos.schemas import features
 from lumos.trainer import checkpoint as ckpt
 from lumos.trainer.data import EpochOrder, FeatureColumns, FeatureStream, valid_positions
 from lumos.trainer.diffusion import Diffusion
 from lumos.trainer.held_back import HeldBackGrid, hold_back
-from lumos.trainer.metrics import MetricsLog
+from lumos.trainer.metrics import MetricsLog, keep_until
 from lumos.trainer.models import DIT_MODELS, LumosDiT, autocast
 
 SCALING_FACTOR_KEY = "scaling_factor"
@@ -32,6 +35,7 @@ PROVENANCE_IGNORED = ("versions", "images")  # a library upgrade or a moved imag
 # What a resumed run must share with its checkpoint (the data order and the model depend on them).
 RUN_DEFINING = {"i2i": ("mode", "model", "latents", "condition", "batch_size", "seed"),
                 "t2i": ("mode", "model", "latents", "text", "caption", "batch_size", "seed")}
+PRECISIONS = ("fp16", "bf16", "fp32")
 
 
 @dataclass
@@ -66,22 +70,74 @@ class TrainConfig:
     sample_every: int = 0  # a grid of held-back samples every N steps (0: none, no row held back)
     sample_rows: int = 8  # rows held back from training for those grids
 
+    def validate(self) -> None:
+        """Impossible values end in one line before anything is written, from the CLI and the Python API alike."""
+        checks = [
+            (self.mode in ("i2i", "t2i"), f"mode {self.mode!r}: expected i2i or t2i"),
+            (self.model in DIT_MODELS, f"--model {self.model}: choose from {', '.join(DIT_MODELS)}"),
+            (self.precision in PRECISIONS, f"--precision {self.precision}: expected fp16, bf16 or fp32"),
+            (self.caption in ("short", "long"), f"--caption {self.caption}: expected short or long"),
+            (not (self.mode == "i2i" and self.init), "--init is for t2i (fine-tuning an I2I run)"),
+            (self.steps >= 1, f"--steps {self.steps}: must be >= 1"),
+            (self.batch_size >= 1, f"--batch-size {self.batch_size}: must be >= 1"),
+            (_finite(self.lr) and self.lr > 0, f"--lr {self.lr}: must be > 0"),
+            (self.warmup >= 0, f"--warmup {self.warmup}: must be >= 0"),
+            (_finite(self.weight_decay) and self.weight_decay >= 0,
+             f"--weight-decay {self.weight_decay}: must be >= 0"),
+            (_finite(self.grad_clip) and self.grad_clip >= 0,
+             f"--grad-clip {self.grad_clip}: must be >= 0 (0: no clipping)"),
+            (_finite(self.ema) and 0 <= self.ema < 1, f"--ema {self.ema}: must be in [0, 1)"),
+            (_finite(self.cond_dropout) and 0 <= self.cond_dropout < 1,
+             f"--cond-dropout {self.cond_dropout}: must be in [0, 1)"),
+            (self.save_every >= 1, f"--save-every {self.save_every}: must be >= 1"),
+            (self.keep >= 1, f"--keep {self.keep}: must be >= 1"),
+            (self.log_every >= 1, f"--log-every {self.log_every}: must be >= 1"),
+            (self.seed >= 0, f"--seed {self.seed}: must be >= 0"),
+            (self.workers >= 0, f"--workers {self.workers}: must be >= 0 (0: load in the main process)"),
+            (self.sample_every >= 0, f"--sample-every {self.sample_every}: must be >= 0 (0: no sample grids)"),
+            (self.sample_every == 0 or self.sample_rows >= 1, f"--sample-rows {self.sample_rows}: must be >= 1"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise UserError(message)
+        if self.precision == "fp16" and not torch.cuda.is_available():
+            raise UserError("--precision fp16 needs a GPU; on a CPU pass --precision fp32 (or bf16)")
+
+
+def _finite(value) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value)
+
+
+def _process() -> tuple[int, int, torch.device]:
+    """(world size, rank, device) of this process; under torchrun, joins the group (NCCL on GPUs, gloo on CPUs)."""
+    world, rank = int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("RANK", "0"))
+    cuda = torch.cuda.is_available()
+    device = torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}" if cuda else "cpu")
+    if world > 1 and not torch.distributed.is_initialized():
+        if cuda:
+            torch.cuda.set_device(device)
+        torch.distributed.init_process_group("nccl" if cuda else "gloo")
+    return world, rank, device
+
+
+def _from_rank0(value, world: int):
+    """Rank 0's value on every rank: for what only rank 0 decides (the lock, the checkpoint to resume from)."""
+    if world == 1:
+        return value
+    box = [value]
+    torch.distributed.broadcast_object_list(box, src=0)
+    return box[0]
+
 
 class Run:
     """Everything a training process holds; built once, then `train()`."""
 
-    def __init__(self, config: TrainConfig):
+    def __init__(self, config: TrainConfig, say=print):
         self.config = c = config
-        self.world = int(os.environ.get("WORLD_SIZE", "1"))
-        self.rank = int(os.environ.get("RANK", "0"))
-        local = int(os.environ.get("LOCAL_RANK", "0"))
-        cuda = torch.cuda.is_available()
-        self.device = torch.device(f"cuda:{local}" if cuda else "cpu")
-        _check(c, cuda)
-        if self.world > 1 and not torch.distributed.is_initialized():
-            if cuda:
-                torch.cuda.set_device(self.device)
-            torch.distributed.init_process_group("nccl" if cuda else "gloo")
+        self.say = say
+        c.validate()
+        self.world, self.rank, self.device = _process()
+        cuda = self.device.type == "cuda"
 
         import lance
 
@@ -95,9 +151,7 @@ class Run:
         caption_channels = features.shape_of(schema.field(self.columns.cond))[-1]
         self.scaling = float(self.provenance["latents"].get(SCALING_FACTOR_KEY, 0.18215))
 
-        self.resume_from = ckpt.latest(c.output) if c.resume else None
-        if c.resume and self.resume_from is None:
-            raise UserError(f"--resume: {c.output} holds no checkpoint")
+        self.resume_from = self._resume_point() if c.resume else None
         if not c.resume and ckpt.list_checkpoints(c.output):
             raise UserError(f"{c.output} already holds a run; pass --resume to continue it or pick another --output")
         if self.resume_from:
@@ -146,6 +200,22 @@ class Run:
         self.diffusion = Diffusion(device=self.device)
 
     # --- loading ---
+    def _resume_point(self) -> str:
+        """Rank 0 verifies the newest checkpoints (moving damaged ones aside) and every rank resumes from its pick."""
+        answer = None
+        if self.rank == 0:
+            try:
+                answer = ckpt.pick_resume(self.config.output)
+            except UserError as err:
+                answer = str(err)
+        answer = _from_rank0(answer, self.world)
+        if isinstance(answer, str):
+            raise UserError(answer)
+        path, damaged = answer
+        if damaged and self.rank == 0:
+            self.say(damaged)
+        return path
+
     def _load_init(self, init: str) -> list[str]:
         """T2I from I2I: every weight whose name and shape fit is loaded (the EMA weights); the rest, i.e.
         the caption projection (768 → 4096 input) and the null token, stay freshly initialised."""
@@ -203,7 +273,8 @@ class Run:
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         self.scaler.unscale_(self.optimizer)
-        torch.nn.utils.clip_grad_norm_(self.model.parameters(), c.grad_clip)
+        if c.grad_clip > 0:  # 0: no clipping
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), c.grad_clip)
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.scheduler.step()
@@ -214,10 +285,10 @@ class Run:
                 e.lerp_(p, 1.0 - decay)
         return loss.detach()
 
-    def train(self, say=print) -> dict:
+    def train(self, say=None) -> dict:
         from tqdm import tqdm
 
-        c = self.config
+        c, say = self.config, say or self.say
         main = self.rank == 0
         os.makedirs(c.output, exist_ok=True)  # every rank: each may write its own files before rank 0 is there
         if main:
@@ -229,7 +300,11 @@ class Run:
                 f"{len(self.order.positions)} rows ({self.skipped} skipped: no {self.columns.cond if c.mode == 't2i' else 'features'}), "
                 f"{self.order.steps_per_epoch} steps an epoch on {self.world} rank(s); from step {self.step}")
         log = MetricsLog(c.output, main, c.tensorboard, start_step=self.step)
-        records = open(os.path.join(c.output, f"samples-rank{self.rank}.jsonl"), "a") if c.record_samples else None
+        records = None
+        if c.record_samples:
+            path = os.path.join(c.output, f"samples-rank{self.rank}.jsonl")
+            keep_until(path, self.step)  # a resumed run: the killed run's steps after its checkpoint go
+            records = open(path, "a")
         data = self.loader()
         bar = tqdm(total=c.steps, initial=self.step, disable=not main, unit="step", dynamic_ncols=True)
         started, waited, window = time.perf_counter(), 0.0, []
@@ -295,25 +370,6 @@ class Run:
                 "columns": asdict(self.columns), "scaling_factor": self.scaling}
 
 
-def _check(c: TrainConfig, cuda: bool) -> None:
-    if c.model not in DIT_MODELS:
-        raise UserError(f"--model {c.model}: choose from {', '.join(DIT_MODELS)}")
-    if c.precision not in ("fp16", "bf16", "fp32"):
-        raise UserError(f"--precision {c.precision}: expected fp16, bf16 or fp32")
-    if c.precision == "fp16" and not cuda:
-        raise UserError("--precision fp16 needs a GPU; on a CPU pass --precision fp32 (or bf16)")
-    if c.mode == "i2i" and c.init:
-        raise UserError("--init is for t2i (fine-tuning an I2I run)")
-    if c.caption not in ("short", "long"):
-        raise UserError(f"--caption {c.caption}: expected short or long")
-    if c.sample_every < 0:
-        raise UserError("--sample-every must be >= 0 (0: no sample grids)")
-    for name, value in (("--batch-size", c.batch_size), ("--steps", c.steps), ("--save-every", c.save_every),
-                        ("--log-every", c.log_every), ("--keep", c.keep), ("--sample-rows", c.sample_rows)):
-        if value < 1:
-            raise UserError(f"{name} must be >= 1")
-
-
 def _held_back(train: dict) -> int:
     """How many rows a run held back from training (it changes the data order)."""
     return train.get("sample_rows", 8) if train.get("sample_every", 0) else 0
@@ -350,10 +406,29 @@ def _differs(a: dict, b: dict) -> str:
     return "differs in: " + ", ".join(keys)
 
 
+@contextlib.contextmanager
+def _one_writer(output: str, rank: int, world: int):
+    """Rank 0 holds the run folder's lock for the whole run; every rank learns at once whether it got it, so a
+    refused torchrun ends in one line on each rank instead of waiting in a collective."""
+    with contextlib.ExitStack() as held:
+        refused = None
+        if rank == 0:
+            try:
+                held.enter_context(output_lock(output, "lumos-train"))
+            except UserError as err:
+                refused = str(err)
+        refused = _from_rank0(refused, world)
+        if refused:
+            raise UserError(refused)
+        yield
+
+
 def run_training(config: TrainConfig, say=print) -> dict:
-    run = Run(config)
+    config.validate()  # before the lock: an impossible option writes nothing, not even the folder
+    world, rank, _ = _process()
     try:
-        return run.train(say)
+        with _one_writer(config.output, rank, world):
+            return Run(config, say).train()
     finally:
-        if run.world > 1 and torch.distributed.is_initialized():
+        if world > 1 and torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()
