@@ -40,7 +40,7 @@ def images_table(path: str, count: int, per_fragment: int = 32, captions: bool =
              cols.CAPTION: " ".join(words * 10)[: 9 + (i * 37) % 110] if captions else None,
              cols.LONG_CAPTION: " ".join(words * 10)[:118] if captions and i % 2 else None,
              cols.IMAGE: encode(synthetic_image(683, 512, seed=i))} for i in range(count)]
-    schema = cols.images_schema({"job": {"source": "bench"}})
+    schema = cols.images_schema({"job": {"source": "bench"}}, unique_ids=True)  # as lumos-curate marks its tables
     lance.write_dataset(pa.Table.from_pylist(rows, schema=schema), path, schema=schema,
                         max_rows_per_file=per_fragment)
     return path

@@ -13,8 +13,10 @@ import os
 from dataclasses import dataclass
 
 from lumos.curation.errors import UserError
+from lumos.curation.output_lock import LOCK_NAME
 from lumos.schemas import images as cols
 
+LOCK_FILES = {LOCK_NAME, LOCK_NAME + ".takeover"}
 VERSIONED_LIBRARIES = ("lumos", "ray", "pyarrow", "pylance", "img2dataset", "opencv-python-headless", "pillow",
                        "torch", "open_clip_torch")
 
@@ -43,7 +45,7 @@ class JobDir:
             import lance
 
             previous = cols.job_of(lance.dataset(self.images).schema).get("job")
-        elif os.listdir(self.root):
+        elif set(os.listdir(self.root)) - LOCK_FILES:  # our own lock is not another job's content
             raise UserError(f"output {self.root} is not empty and holds no lumos-curate job; choose another --output")
         if previous is not None and previous != record:
             differs = sorted(k for k in set(previous) | set(record) if previous.get(k) != record.get(k))
@@ -57,8 +59,10 @@ class JobDir:
         write_json(self.record, record)
 
     def schema(self, record: dict):
-        """The images schema carrying this job's record and the library versions as table metadata."""
-        return cols.images_schema({"job": record, "versions": cols.library_versions(*VERSIONED_LIBRARIES)})
+        """The images schema carrying this job's record and the library versions as table metadata; every job
+        keeps one row per key, so its table is marked as having unique ids."""
+        return cols.images_schema({"job": record, "versions": cols.library_versions(*VERSIONED_LIBRARIES)},
+                                  unique_ids=True)
 
     def read_stats(self) -> dict:
         with open(self.stats) as f:

@@ -19,6 +19,7 @@ import pyarrow.compute as pc
 from lumos.curation.errors import UserError
 from lumos.curation.job_dir import JobDir, open_images_table, write_json
 from lumos.curation.lance_sink import write_counted
+from lumos.curation.output_lock import output_lock
 from lumos.pipeline.ray_runtime import init_ray
 from lumos.schemas import images as cols
 
@@ -98,7 +99,6 @@ def select(index: pa.Table, take: dict[str, int], dedup: bool, seed: int) -> tup
 
 def run_mix(inputs: list[str], output: str, take: dict[str, int], dedup: bool, seed: int, say=print) -> dict:
     import lance
-    import ray
 
     started = time.monotonic()
     if not inputs:
@@ -109,11 +109,18 @@ def run_mix(inputs: list[str], output: str, take: dict[str, int], dedup: bool, s
         raise UserError(f"--take names sources the inputs do not have: {', '.join(unknown)}")
     record = {"source": "mix", "inputs": inputs, "take": take, "dedup": "sha256" if dedup else None, "seed": seed,
               "input_jobs": [cols.job_of(lance.dataset(u).schema).get("job") for u in inputs]}
+    with output_lock(output, "lumos-curate mix"):  # one writer, from the first write to the last
+        return _mix_locked(inputs, output, index, record, take, dedup, seed, started, say)
+
+
+def _mix_locked(inputs, output, index, record, take, dedup, seed, started, say) -> dict:
+    import ray
+
     paths = JobDir(output)
     if paths.finished(record):
         say(f"{paths.root} already holds this finished job: nothing to do")
         return paths.read_stats()
-    kept, per_source = select(index, take, dedup, seed)
+    kept, per_source = select(index, take, dedup, seed)  # ids de-duplicated: the table is marked unique-ids
     paths.start(record)
     init_ray()
     tasks = []

@@ -8,6 +8,10 @@ A shard is one fragment of the images table. A killed run loses only the shards 
 the shards already committed to the staging table, so no id is written twice. An encoder whose columns are
 already in the features table with the same provenance is skipped; adding an encoder merges new columns
 by `id`, without touching (or copying) the columns already there.
+
+The run holds OUT/.lumos.lock throughout (curation/output_lock.py): a second run on the same output fails at
+once, and the next holder clears what a killed run left uncommitted. An images table that repeats an id is
+refused (see check_unique_ids).
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ import pyarrow.compute as pc
 
 from lumos.curation.errors import UserError
 from lumos.curation.job_dir import open_images_table, table_exists, write_json
+from lumos.curation.output_lock import output_lock
 from lumos.pipeline.encoders import EncoderConfig
 from lumos.pipeline.fragment_reader import fragment_dataset
 from lumos.pipeline.ray_runtime import describe_cluster, init_ray
@@ -84,32 +89,69 @@ def run_encode(input_uri: str, output_uri: str, encoders: list[EncoderConfig], d
     placement = Placement(device, batch_size, gpus_per_actor)
     images = open_images_table(input_uri, "--input")
     started, stats = time.monotonic(), {}
-    for config in encoders:
-        encoder = config.build()
-        provenance = {**encoder.provenance(), "images": os.path.abspath(input_uri)}
-        existing = _existing_provenance(output_uri, config.name)
-        if existing is not None and _same(existing, provenance):
-            say(f"{config.name}: already in {output_uri}, nothing to do")
-            continue
-        if existing is not None:
-            differs = sorted(k for k in set(existing) | set(provenance)
-                             if k not in UNCOMPARED and existing.get(k) != provenance.get(k))
-            raise UserError(f"{output_uri} already holds {config.name} features made differently (differs in: "
-                            f"{', '.join(differs)}); write to another --output")
-        encoder.check()  # missing weights fail here, in one line, before any work starts
-        if not stats:
+    with output_lock(output_uri, "lumos-encode"):  # one writer, from the first check of the output to the end
+        todo = []
+        for config in encoders:
+            encoder = config.build()
+            provenance = {**encoder.provenance(), "images": os.path.abspath(input_uri)}
+            existing = _existing_provenance(output_uri, config.name)
+            if (existing is not None and _same(existing, provenance)) or any(c.name == config.name for c, *_ in todo):
+                say(f"{config.name}: already in {output_uri}, nothing to do")
+                continue
+            if existing is not None:
+                differs = sorted(k for k in set(existing) | set(provenance)
+                                 if k not in UNCOMPARED and existing.get(k) != provenance.get(k))
+                raise UserError(f"{output_uri} already holds {config.name} features made differently (differs in: "
+                                f"{', '.join(differs)}); write to another --output")
+            encoder.check()  # missing weights fail here, in one line, before any work starts
+            todo.append((config, encoder, provenance))
+        if todo:
             init_ray()
             say(describe_cluster())
-        stats[config.name] = _encode_one(images, input_uri, output_uri, config, encoder, provenance, placement,
-                                         say, progress)
-    if stats and "://" not in output_uri:
-        stats_path = stats_file(output_uri)
-        previous = {}
-        if os.path.exists(stats_path):
-            with open(stats_path) as f:
-                previous = json.load(f)
-        write_json(stats_path, {**previous, **stats})
+            check_unique_ids(images, input_uri)
+        for config, encoder, provenance in todo:
+            stats[config.name] = _encode_one(images, input_uri, output_uri, config, encoder, provenance, placement,
+                                             say, progress)
+        if stats and "://" not in output_uri:
+            stats_path = stats_file(output_uri)
+            previous = {}
+            if os.path.exists(stats_path):
+                with open(stats_path) as f:
+                    previous = json.load(f)
+            write_json(stats_path, {**previous, **stats})
     return {"encoders": stats, "total_s": round(time.monotonic() - started, 3)}
+
+
+IDS_PER_PARTITION = 2_000_000  # ids per aggregator of the repeated-id check's groupby
+
+
+def check_unique_ids(images, uri: str) -> None:
+    """UserError when the images table repeats an id: two images would share the features of one. Tables that
+    lumos-curate makes now carry the unique-ids marker and are trusted; an older one is checked with a
+    distributed groupby on its id column alone (the driver gets one small row per block, never the ids)."""
+    import math
+
+    from lance_ray import read_lance
+
+    if cols.has_unique_ids(images.schema):
+        return
+    partitions = min(max(math.ceil(images.count_rows() / IDS_PER_PARTITION), 1), 200)
+    counts = read_lance(uri, columns=[cols.ID]).groupby(cols.ID, num_partitions=partitions).count()
+    found = counts.map_batches(_repeated_ids, batch_format="pyarrow", batch_size=None).take_all()
+    repeated = sum(r["ids"] for r in found)
+    if repeated:
+        example = next(r for r in found if r["ids"])
+        raise UserError(f"images table {uri} has {repeated} repeated ids (e.g. {example['example']}, "
+                        f"{example['rows']} rows): it was made before lumos-curate kept one row per key; re-curate "
+                        f"it with this version, then encode the new table")
+
+
+def _repeated_ids(counts: pa.Table) -> pa.Table:
+    """Per block of (id, count()): how many ids occur more than once, and one of them with its row count."""
+    repeated = counts.filter(pc.greater(counts[counts.column_names[-1]], 1))
+    first = repeated.slice(0, 1).to_pylist()
+    return pa.table({"ids": [repeated.num_rows], "example": [first[0][cols.ID] if first else None],
+                     "rows": [first[0][counts.column_names[-1]] if first else None]})
 
 
 UNCOMPARED = ("versions",)  # a library upgrade alone does not make features different
@@ -141,6 +183,7 @@ def _encode_one(images, input_uri, output_uri, config, encoder, provenance, plac
     from tqdm import tqdm
 
     staging = os.path.join(output_uri, "_staging", f"{features.prefix(config.name)}.lance")
+    _clear_staging_leftovers(staging)
     expected = {f.fragment_id: n for f in images.get_fragments() if (n := f.count_rows())}  # empty: nothing to do
     done = set()
     if table_exists(staging):
@@ -190,6 +233,21 @@ def _encode_one(images, input_uri, output_uri, config, encoder, provenance, plac
             say(f"{config.name}: {n} rows without features: {reason}")
     return {"rows": sum(expected.values()), "encoded_now": total, **counts,
             "seconds": round(time.monotonic() - started, 3)}
+
+
+def _clear_staging_leftovers(staging: str) -> None:
+    """Remove the data files a killed run wrote but never committed: we hold the output's lock, so no other run
+    is writing here and every file that no version of the staging table refers to is a leftover."""
+    import datetime
+
+    import lance
+
+    if "://" in staging or not os.path.isdir(staging):
+        return
+    if not table_exists(staging):  # killed before its first commit: nothing in it counts
+        shutil.rmtree(staging)
+        return
+    lance.dataset(staging).cleanup_old_versions(older_than=datetime.timedelta(0), delete_unverified=True)
 
 
 @dataclass

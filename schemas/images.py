@@ -65,6 +65,9 @@ WORK_SCHEMA = pa.schema(
 META_KIND = "lumos.kind"
 META_JOB = "lumos.job"
 KIND_IMAGES = "images"
+# Set by the writers that keep one row per id (every lumos-curate job since keys are de-duplicated): readers
+# trust it; a table without it (made before) may repeat ids and is checked before it is encoded.
+META_UNIQUE_IDS = "lumos.unique_ids"
 
 
 class SchemaError(ValueError):
@@ -90,9 +93,18 @@ def library_versions(*names: str) -> dict[str, str]:
     return versions
 
 
-def images_schema(job: dict) -> pa.Schema:
-    """The images schema carrying `job` (source, thresholds, library versions) as table metadata."""
-    return IMAGES_SCHEMA.with_metadata({META_KIND: KIND_IMAGES, META_JOB: json.dumps(job, sort_keys=True)})
+def images_schema(job: dict, unique_ids: bool = False) -> pa.Schema:
+    """The images schema carrying `job` (source, thresholds, library versions) as table metadata, and the
+    unique-ids marker when the writer guarantees one row per id."""
+    meta = {META_KIND: KIND_IMAGES, META_JOB: json.dumps(job, sort_keys=True)}
+    if unique_ids:
+        meta[META_UNIQUE_IDS] = "true"
+    return IMAGES_SCHEMA.with_metadata(meta)
+
+
+def has_unique_ids(schema: pa.Schema) -> bool:
+    """Whether the table's writer guaranteed one row per id (META_UNIQUE_IDS)."""
+    return (schema.metadata or {}).get(META_UNIQUE_IDS.encode()) == b"true"
 
 
 def job_of(schema: pa.Schema) -> dict:

@@ -7,11 +7,13 @@
     lumos-eval fid --a DIR_OR_TABLE --b DIR_OR_TABLE
         FID between two image sets (folders of images or Lance images tables).
 
-One JSON object on stdout (and in --output when given).
+One JSON object on stdout (and in --output when given). --save-samples is locked for the run (one writer);
+the statistics cache is locked while a file is written into it (curation/output_lock.py).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
@@ -23,6 +25,7 @@ from rich.console import Console
 os.environ.setdefault("LANCE_LOG", "error")
 
 from lumos.curation.errors import UserError  # noqa: E402
+from lumos.curation.output_lock import output_lock  # noqa: E402
 from lumos.trainer.sample_cli import CFG, DEVICE, PRECISION, SCHEDULER, SEED, STEPS  # noqa: E402
 
 err_console = Console(stderr=True)
@@ -62,9 +65,11 @@ def fid(checkpoint: Optional[str] = typer.Option(None, help="A lumos-train run f
         err_console.print(f"[red]error:[/red] {err}", highlight=False, soft_wrap=True)
         raise typer.Exit(2) from None
     text = json.dumps(result, sort_keys=True)
-    if output:
-        with open(output, "w") as f:
+    if output:  # a file, not a folder: written whole or not at all, so two runs never interleave in it
+        tmp = f"{output}.{os.getpid()}.tmp"
+        with open(tmp, "w") as f:
             f.write(text + "\n")
+        os.replace(tmp, output)
     print(text)
 
 
@@ -101,8 +106,9 @@ def _fid(checkpoint, reference, num, a, b, inception_path, resolution, batch_siz
     session = sampling_session(checkpoint, device, precision, resolution)
     resolution = session.latents.resolution
     net = F.Inception(inception_path, dev)
-    features = [net.features(batch) for batch in generate(session, ref, num, batch_size, steps, cfg, scheduler,
-                                                             seed, save_samples)]
+    with output_lock(save_samples, "lumos-eval fid") if save_samples else contextlib.nullcontext():
+        features = [net.features(batch) for batch in generate(session, ref, num, batch_size, steps, cfg, scheduler,
+                                                                 seed, save_samples)]
     mu1, s1 = F.statistics(np.concatenate(features))
     mu2, s2, hit = F.cached_statistics(ref, net, min(num, len(ref)), resolution, cache_dir, batch_size)
     return {"fid": F.frechet_distance(mu1, s1, mu2, s2), "checkpoint": session.trained.path,

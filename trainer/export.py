@@ -7,7 +7,8 @@
     DIR/model_index.json             T2I: PixArtAlphaPipeline.from_pretrained(DIR) loads it, offline
     DIR/negative.safetensors         the learned null condition, as `negative_prompt_embeds` and
                                      `negative_prompt_attention_mask` (T2I: 120 tokens; I2I: one)
-    DIR/lumos.json                   where it came from: checkpoint, provenance, weight ids, usage
+    DIR/lumos.json                   where it came from: checkpoint, provenance, weight ids, usage (moved
+                                     in last: a folder with it is whole)
 
 The model was trained with a learned null condition, not T5("") as PixArt-α: pass negative.safetensors'
 tensors to the pipeline (see lumos.json), or classifier-free guidance pushes away from the wrong point.
@@ -23,10 +24,13 @@ import typer
 from rich.console import Console
 
 from lumos.curation.errors import UserError
+from lumos.curation.output_lock import LOCK_NAME, output_lock
 
 err_console = Console(stderr=True)
 app = typer.Typer(add_completion=False, help=__doc__)
 NEGATIVE = "negative.safetensors"
+DESCRIPTION = "lumos.json"
+STAGING = ".lumos-export.tmp"  # inside the locked folder; its entries are moved out when all are written
 MAX_SEQUENCE_LENGTH = 120  # PixArtAlphaPipeline's default T5 length
 
 
@@ -49,21 +53,36 @@ def load_negative(folder: str, batch: int = 1):
 
 
 def export(checkpoint: str, output: str, scheduler: str = "dpm", text_encoder: bool = True, say=print) -> str:
+    from lumos.trainer.sampler import load_trained
+
+    if os.path.exists(output) and not os.path.isdir(output):
+        raise UserError(f"--output {output} exists and is not a folder")
+    with output_lock(output, "lumos-export"):  # one writer: a second export to the same folder fails at once
+        staging = os.path.join(output, STAGING)
+        shutil.rmtree(staging, ignore_errors=True)  # a killed export's: we hold the lock, nobody else writes it
+        if set(os.listdir(output)) - {LOCK_NAME, LOCK_NAME + ".takeover"}:
+            raise UserError(f"--output {output} exists and is not empty")
+        trained = load_trained(checkpoint)
+        _write(trained, staging, scheduler, text_encoder)
+        names = sorted(os.listdir(staging), key=lambda n: n == DESCRIPTION)  # lumos.json last: it marks a whole folder
+        for name in names:
+            os.replace(os.path.join(staging, name), os.path.join(output, name))
+        os.rmdir(staging)
+    say(f"exported {trained.path} ({trained.mode}) to {output}")
+    return output
+
+
+def _write(trained, staging: str, scheduler: str, text_encoder: bool) -> None:
     import diffusers
     from safetensors.torch import save_file
 
     from lumos.trainer.run_encoders import rebuild
-    from lumos.trainer.sampler import load_trained, make_scheduler
+    from lumos.trainer.sampler import make_scheduler
 
-    if os.path.exists(output) and (not os.path.isdir(output) or os.listdir(output)):
-        raise UserError(f"--output {output} exists and is not empty")
-    trained = load_trained(checkpoint)
     provenance = trained.config["provenance"]
     sched = make_scheduler(scheduler)
     vae = rebuild(provenance["latents"], "latents")
     t2i = trained.mode == "t2i"
-    staging = output.rstrip("/") + ".tmp-export"
-    shutil.rmtree(staging, ignore_errors=True)
     os.makedirs(staging)
     transformer = trained.model.transformer
     if t2i:
@@ -80,13 +99,8 @@ def export(checkpoint: str, output: str, scheduler: str = "dpm", text_encoder: b
         embeds, mask = negative_condition(trained.model, 1)
     save_file({"negative_prompt_embeds": embeds.contiguous(), "negative_prompt_attention_mask": mask.contiguous()},
               os.path.join(staging, NEGATIVE))
-    with open(os.path.join(staging, "lumos.json"), "w") as f:
+    with open(os.path.join(staging, DESCRIPTION), "w") as f:
         json.dump(describe(trained, scheduler, t2i, text_encoder), f, indent=2, sort_keys=True)
-    if os.path.exists(output):
-        os.rmdir(output)
-    os.replace(staging, output)
-    say(f"exported {trained.path} ({trained.mode}) to {output}")
-    return output
 
 
 def describe(trained, scheduler: str, t2i: bool, text_encoder: bool) -> dict:

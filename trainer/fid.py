@@ -193,8 +193,36 @@ def cached_statistics(images: ImageSet, inception: Inception, count: int, resolu
         with np.load(path) as saved:
             return saved["mu"], saved["sigma"], True
     mu, sigma = statistics(set_features(images, inception, count, resolution, batch, desc="reference"))
-    os.makedirs(cache_dir, exist_ok=True)
-    tmp = path + ".tmp.npz"
-    np.savez(tmp, mu=mu, sigma=sigma, key=json.dumps(key, sort_keys=True))
-    os.replace(tmp, path)
+    store_statistics(cache_dir, path, mu, sigma, key)
     return mu, sigma, False
+
+
+CACHE_WAIT_S = 30.0  # a write holds the cache's lock for milliseconds: longer means a holder we cannot see
+TMP_SUFFIX = ".tmp.npz"
+
+
+def store_statistics(cache_dir: str, path: str, mu, sigma, key: dict) -> None:
+    """Write one statistics file under the cache folder's lock, held for the write only (evaluations share the
+    cache); the holder first removes what a killed writer left. A lock that stays held is waited for, then the
+    file is left uncached (the result does not depend on it) with one line on stderr."""
+    import sys
+    import time
+
+    from lumos.curation.output_lock import OutputLocked, output_lock
+
+    deadline = time.monotonic() + CACHE_WAIT_S
+    while True:
+        try:
+            with output_lock(cache_dir, "lumos-eval fid (statistics cache)"):
+                for name in os.listdir(cache_dir):
+                    if name.endswith(TMP_SUFFIX):
+                        os.remove(os.path.join(cache_dir, name))
+                tmp = path[: -len(".npz")] + TMP_SUFFIX
+                np.savez(tmp, mu=mu, sigma=sigma, key=json.dumps(key, sort_keys=True))
+                os.replace(tmp, path)
+            return
+        except OutputLocked as err:
+            if time.monotonic() > deadline:
+                print(f"warning: reference statistics not cached: {err}", file=sys.stderr)
+                return
+            time.sleep(0.5)

@@ -4,6 +4,7 @@ seeded tiny encoders; and the real architectures (random weights) through the sa
 import io
 import json
 import math
+import os
 
 import lance
 import numpy as np
@@ -13,10 +14,12 @@ import torch
 from PIL import Image
 
 from lumos.curation.dump_job import ScoreConfig, run_dump_job
+from lumos.curation.errors import UserError
+from lumos.curation.mix_job import run_mix
 from lumos.curation.dumps import JourneyDBReader
 from lumos.curation.prepare import PrepareConfig
 from lumos.curation.sample import encode, synthetic_image
-from lumos.pipeline.encode_job import EncoderConfig, run_encode, stats_file
+from lumos.pipeline.encode_job import EncoderConfig, check_unique_ids, run_encode, stats_file
 from lumos.pipeline.encoders.t5 import T5_XXL
 from lumos.schemas import features
 from lumos.schemas import images as cols
@@ -41,6 +44,42 @@ def images_table(tmp_path_factory, ray_session):
                  PrepareConfig(min_size=64, image_size=256), ScoreConfig(model="tiny"), {"input": "fixture"},
                  say=lambda *_: None)
     return str(root / "curated" / "images.lance")
+
+
+def _table_with_ids(path, ids, unique_ids=False):
+    """An images table written by hand, as a version before key de-duplication could leave one."""
+    rows = [{cols.ID: id_, cols.SOURCE: "sam", cols.KEY: f"k{i}", cols.ORIGINAL_WIDTH: 96, cols.ORIGINAL_HEIGHT: 80,
+             cols.WIDTH: 96, cols.HEIGHT: 80, cols.SHA256: f"s{i}", cols.IMAGE: encode(synthetic_image(96, 80, seed=i))}
+            for i, id_ in enumerate(ids)]
+    schema = cols.images_schema({"job": {"source": "sam"}}, unique_ids=unique_ids)
+    lance.write_dataset(pa.Table.from_pylist(rows, schema=schema), path, schema=schema, max_rows_per_file=3)
+    return path
+
+
+def test_encode_refuses_repeated_ids_and_trusts_the_unique_ids_marker(images_table, tmp_path):
+    assert cols.has_unique_ids(lance.dataset(images_table).schema)  # lumos-curate's tables carry the marker
+    ids = ["a", "b", "c", "b", "d", "e", "f", "a", "g"]
+    old = _table_with_ids(str(tmp_path / "old.lance"), ids)
+    out = str(tmp_path / "features.lance")
+    with pytest.raises(UserError) as err:
+        run_encode(old, out, [EncoderConfig("tiny-dino")], say=lambda *_: None)
+    message = str(err.value)
+    assert "\n" not in message and f"images table {old} has 2 repeated ids (e.g. " in message
+    assert any(f"e.g. {i}, 2 rows" in message for i in ("a", "b")) and "re-curate" in message
+    assert not os.path.exists(out)  # refused before anything was written (the lock's folder included)
+
+    # the marker is trusted: no groupby runs (a table that lied would pass); an unmarked table is checked
+    marked = lance.dataset(_table_with_ids(str(tmp_path / "marked.lance"), ids, unique_ids=True))
+    check_unique_ids(marked, marked.uri)
+    unique = lance.dataset(_table_with_ids(str(tmp_path / "unique.lance"), list("abcdefg")))
+    check_unique_ids(unique, unique.uri)
+
+    # mix keeps one row per id and marks its table: that one encodes
+    stats = run_mix([old], str(tmp_path / "mix"), {}, dedup=False, seed=0, say=lambda *_: None)
+    mixed = str(tmp_path / "mix" / "images.lance")
+    assert stats["kept"] == 7 and cols.has_unique_ids(lance.dataset(mixed).schema)
+    run_encode(mixed, out, [EncoderConfig("tiny-dino")], say=lambda *_: None)
+    assert sorted(lance.dataset(out).to_table(columns=[cols.ID])[cols.ID].to_pylist()) == list("abcdefg")
 
 
 def _columns(uri, names):

@@ -1,6 +1,8 @@
 """A `lumos-encode` run killed (SIGKILL, whole process group) after some shards were committed, then run
-again, gives the same features as an uninterrupted run, with no id twice."""
+again, gives the same features as an uninterrupted run, with no id twice; the re-run takes over the lock the
+killed run left."""
 
+import json
 import os
 import signal
 import subprocess
@@ -10,6 +12,7 @@ import time
 import lance
 import pyarrow as pa
 
+from lumos.curation.output_lock import LOCK_NAME
 from lumos.curation.sample import encode, synthetic_image
 from lumos.pipeline.encode_job import EncoderConfig, run_encode
 from lumos.schemas import features
@@ -21,7 +24,7 @@ def _images(path, count=48, per_fragment=4, corrupt=()):
              cols.ORIGINAL_HEIGHT: 80, cols.WIDTH: 96, cols.HEIGHT: 80, cols.SHA256: f"s{i}", cols.CAPTION: f"c {i}",
              cols.IMAGE: b"\xff\xd8 not a jpeg" if i in corrupt else encode(synthetic_image(96, 80, seed=i))}
             for i in range(count)]
-    schema = cols.images_schema({"job": {"source": "test"}})
+    schema = cols.images_schema({"job": {"source": "test"}}, unique_ids=True)  # as lumos-curate writes it
     lance.write_dataset(pa.Table.from_pylist(rows, schema=schema), path, schema=schema,
                         max_rows_per_file=per_fragment)  # 12 fragments: 12 shards
     return path
@@ -50,11 +53,15 @@ def test_killed_encode_resumes_to_the_same_table(tmp_path, ray_session):
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     assert 2 <= committed and not os.path.exists(os.path.join(out, "_versions"))
+    with open(os.path.join(out, LOCK_NAME)) as f:
+        assert json.load(f)["pid"] == proc.pid  # the killed run's lock is left behind
     time.sleep(1)
 
     resumed = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert "shards already done" in resumed.stderr
+    assert not os.path.exists(os.path.join(out, LOCK_NAME))  # taken over, then released
+    assert os.path.exists(os.path.join(out, LOCK_NAME + ".takeover"))
 
     reference = str(tmp_path / "reference.lance")
     run_encode(images, reference, [EncoderConfig("tiny-vae")], batch_size=2, say=lambda *_: None)
