@@ -1,8 +1,10 @@
 """Row filters over Arrow tables. Each filter has one method that answers, per row, a drop reason or null
 (keep); `apply_filters` takes the first reason per row and counts rows per reason.
 
-Bounds are inclusive: a row exactly at a bound is kept. A NULL or NaN in a filtered column drops the row
-under `<field>_missing`, never silently.
+Bounds are inclusive: a row exactly at a bound is kept. A value that carries no number (NULL, NaN, ±inf) in
+a filtered column drops the row under `<field>_missing`, never silently. Sizes must be whole, positive pixel
+counts: NULL, NaN, ±inf, zero or negative is `size_missing`, a fraction (800.5) `size_not_integer`, a side
+past MAX_SIDE `too_large`. Text that is not valid UTF-8 is found by `as_utf8` (the caller names the reason).
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ from dataclasses import dataclass
 import pyarrow as pa
 import pyarrow.compute as pc
 
+MAX_SIDE = 2**31 - 1  # no decoder opens a wider image; a bigger "size" is not one (and would not fit int64 casts)
+
 
 class Filter:
     def drop_reasons(self, table: pa.Table) -> pa.Array:
@@ -21,11 +25,46 @@ class Filter:
 
 
 def _missing(values: pa.Array) -> pa.Array:
-    values = values.cast(pa.float64())
-    return pc.or_kleene(pc.is_null(values), pc.is_nan(values)).fill_null(True)
+    """True where a value carries no number: NULL, NaN or ±inf (a score of +inf is not a score)."""
+    return pc.invert(pc.is_finite(values.cast(pa.float64()))).fill_null(True)
 
 
-def _reasons(masks: list[tuple[pa.Array, str]], length: int) -> pa.Array:
+def as_utf8(values: pa.Array) -> tuple[pa.Array, pa.Array]:
+    """(`values` as a `string` array with each value that is not valid UTF-8 made NULL; the mask of those).
+
+    Takes string or binary arrays: Parquet readers do not check UTF-8, so a `string` column can hold bad
+    bytes too. The whole array is checked at C speed first; only an array holding a bad value is walked row
+    by row, to find which."""
+    large = pa.types.is_large_string(values.type) or pa.types.is_large_binary(values.type)
+    raw, text = (pa.large_binary(), pa.large_string()) if large else (pa.binary(), pa.string())
+    raw = values.cast(raw)
+    try:
+        return raw.cast(text).cast(pa.string()), pa.repeat(pa.scalar(False), len(values))
+    except pa.ArrowInvalid:  # the cast checks UTF-8
+        pass
+    bad = pa.array([v is not None and not _is_utf8(v) for v in raw.to_pylist()], pa.bool_())
+    return pc.if_else(bad, pa.scalar(None, raw.type), raw).cast(text).cast(pa.string()), bad
+
+
+def _is_utf8(data: bytes) -> bool:
+    try:
+        data.decode("utf-8")
+        return True
+    except UnicodeDecodeError:
+        return False
+
+
+def _no_size(side: pa.Array) -> pa.Array:
+    """True where a side is no pixel count at all: NULL, NaN, ±inf, or <= 0 (crawlers write 0 or -1 for
+    "unknown")."""
+    return pc.or_(_missing(side), pc.less_equal(side, 0).fill_null(True))
+
+
+def _fraction(side: pa.Array) -> pa.Array:
+    return pc.not_equal(pc.floor(side), side).fill_null(False)
+
+
+def first_reason(masks: list[tuple[pa.Array, str]], length: int) -> pa.Array:
     """First matching reason for each row (masks are checked in order), null where none matches."""
     out = pa.nulls(length, pa.string())
     for mask, reason in reversed(masks):
@@ -46,13 +85,14 @@ class Threshold(Filter):
         missing = _missing(values)
         outside = pc.less(values, self.bound) if self.at_least else pc.greater(values, self.bound)
         side = "too_low" if self.at_least else "too_high"
-        return _reasons([(missing, f"{self.field}_missing"), (outside.fill_null(False), f"{self.field}_{side}")],
-                        len(table))
+        return first_reason([(missing, f"{self.field}_missing"),
+                             (outside.fill_null(False), f"{self.field}_{side}")], len(table))
 
 
 @dataclass(frozen=True)
 class MinSide(Filter):
-    """Keep rows whose shorter side, min(width, height), is >= `bound` pixels."""
+    """Keep rows whose shorter side, min(width, height), is >= `bound` pixels; both sides must be whole,
+    positive numbers of pixels (see the module's docstring for the reasons)."""
 
     width: str
     height: str
@@ -61,9 +101,12 @@ class MinSide(Filter):
     def drop_reasons(self, table: pa.Table) -> pa.Array:
         w = table[self.width].combine_chunks().cast(pa.float64())
         h = table[self.height].combine_chunks().cast(pa.float64())
-        missing = pc.or_(_missing(w), _missing(h))
+        missing = pc.or_(_no_size(w), _no_size(h))
+        not_integer = pc.or_(_fraction(w), _fraction(h))  # 800.5 pixels: the row's metadata cannot be trusted
+        huge = pc.greater(pc.max_element_wise(w, h), MAX_SIDE).fill_null(False)
         small = pc.less(pc.min_element_wise(w, h), self.bound).fill_null(False)
-        return _reasons([(missing, "size_missing"), (small, "too_small")], len(table))
+        return first_reason([(missing, "size_missing"), (not_integer, "size_not_integer"), (huge, "too_large"),
+                             (small, "too_small")], len(table))
 
 
 @dataclass(frozen=True)
@@ -75,7 +118,7 @@ class NonEmpty(Filter):
     def drop_reasons(self, table: pa.Table) -> pa.Array:
         values = table[self.field].combine_chunks().cast(pa.string())
         empty = pc.or_kleene(pc.is_null(values), pc.equal(pc.utf8_length(values), 0)).fill_null(True)
-        return _reasons([(empty, f"{self.field}_missing")], len(table))
+        return first_reason([(empty, f"{self.field}_missing")], len(table))
 
 
 def drop_reasons(table: pa.Table, filters: list[Filter]) -> pa.Array:

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import glob
 import os
+from collections import Counter
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from lumos.curation.errors import UserError
+from lumos.schemas import web
 
 
 def resolve_parquet_files(path: str) -> list[str]:
@@ -52,14 +54,16 @@ def _resolve_uri(uri: str) -> list[str]:
 
 
 def read_schemas(files: list[str]) -> tuple[pa.Schema, int]:
-    """The schema all `files` share and their total row count; UserError for a non-parquet, empty or odd file."""
+    """The schema all `files` share and their total row count; UserError for a non-parquet, empty or odd file
+    (a column name twice in one file included: no reader can tell which one is meant)."""
     schema, rows = None, 0
     for path in files:
-        try:
-            meta = pq.read_metadata(path) if "://" not in path else _read_metadata_uri(path)
-        except (pa.ArrowInvalid, OSError) as err:
-            raise UserError(f"{path} is not a readable parquet file ({_first_line(err)})") from None
+        meta = _read_metadata(path)
         file_schema = meta.schema.to_arrow_schema()
+        repeated = [name for name, n in Counter(file_schema.names).items() if n > 1]
+        if repeated:
+            raise UserError(f"{path}: column {repeated[0]} appears {file_schema.names.count(repeated[0])} times; "
+                            f"each column name must be unique")
         if schema is None:
             schema = file_schema
         elif set(file_schema.names) != set(schema.names):
@@ -70,6 +74,47 @@ def read_schemas(files: list[str]) -> tuple[pa.Schema, int]:
     if rows == 0:
         raise UserError(f"{'the input' if len(files) > 1 else files[0]} holds no rows")
     return schema, rows
+
+
+# The types the filter can read in each field (web.py's logical names), dictionary-encoded or not. A column
+# of type null (every value missing, as pandas writes an all-None column) fits every field.
+_TEXT = (pa.types.is_string, pa.types.is_large_string)
+_NUMBER = (pa.types.is_integer, pa.types.is_floating)
+USABLE_TYPES = {
+    web.URL: (_TEXT, "string"),
+    web.CAPTION: ((*_TEXT, pa.types.is_binary, pa.types.is_large_binary), "string, or binary holding UTF-8"),
+    **{f: (_NUMBER, "an integer or floating-point type") for f in (web.WIDTH, web.HEIGHT, web.AESTHETIC,
+                                                                    web.WATERMARK, web.UNSAFE)},
+}
+
+
+def check_web_columns(files: list[str], columns: web.ColumnMap) -> None:
+    """Per file, each column the filter reads has a type it can use, and the same type in every file (Ray
+    would merge int64 with string only to fail mid-job); UserError names the file, the column and the type."""
+    first: dict[str, tuple[str, pa.DataType]] = {}  # column → (first file with a typed column, its type)
+    for path in files:
+        schema = _read_metadata(path).schema.to_arrow_schema()
+        for field, name in columns.physical.items():
+            if name is None:
+                continue
+            found = schema.field(name).type
+            if pa.types.is_null(found):  # every value missing: fits any type, and the filter counts each row
+                continue
+            if name in first and first[name][1] != found:  # first: this message names both files
+                raise UserError(f"{path}: column {name} is {found}, but it is {first[name][1]} in {first[name][0]}; "
+                                f"every file must give a column the same type")
+            checks, expected = USABLE_TYPES[field]
+            value_type = found.value_type if pa.types.is_dictionary(found) else found
+            if not any(check(value_type) for check in checks):
+                raise UserError(f"{path}: column {name} ({field}) is {found}; expected {expected}")
+            first.setdefault(name, (path, found))
+
+
+def _read_metadata(path: str) -> pq.FileMetaData:
+    try:
+        return pq.read_metadata(path) if "://" not in path else _read_metadata_uri(path)
+    except (pa.ArrowInvalid, OSError) as err:
+        raise UserError(f"{path} is not a readable parquet file ({_first_line(err)})") from None
 
 
 def _read_metadata_uri(uri: str):

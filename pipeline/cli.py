@@ -12,6 +12,7 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 os.environ.setdefault("LANCE_LOG", "error")
 
 from lumos.curation.errors import UserError  # noqa: E402
+from lumos.curation.options import encode_options  # noqa: E402
 from lumos.pipeline.encoders import ENCODERS  # noqa: E402
 
 err_console = Console(stderr=True)
@@ -48,8 +49,7 @@ def encode(
             raise UserError(f"--device {device}: expected auto, cuda or cpu")
         if weights and len(encoder) > 1:
             raise UserError("--weights applies to one encoder: run the encoders one at a time")
-        if batch_size < 1 or not 0 < gpus_per_actor <= 8:
-            raise UserError("--batch-size must be >= 1 and --gpus-per-actor in (0, 8]")
+        encode_options(resolution, batch_size, gpus_per_actor)  # impossible values: one line, nothing written
         for name in encoder:
             if name not in ENCODERS:
                 raise UserError(f"unknown encoder {name!r}; choose from {', '.join(ENCODERS)}")

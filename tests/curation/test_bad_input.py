@@ -125,3 +125,39 @@ def test_dump_score_and_mix_commands_refuse_bad_input_in_one_line(tmp_path, args
                                                                      ["--output", str(out)]))
     _assert_one_line_error(code, lines, *fragments)
     assert not out.exists()
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["laion", "--image-size", "0"], "--image-size 0: must be a number >= 1"),
+    (["laion", "--shard-size", "0"], "--shard-size 0"),
+    (["laion", "--min-size", "-1"], "--min-size -1: must be a number >= 0"),
+    (["laion", "--workers", "0"], "--workers 0"),
+    (["coyo", "--threads", "0"], "--threads 0"),
+    (["coyo", "--timeout", "0"], "--timeout 0"),
+    (["laion", "--min-aesthetic", "-1"], "--min-aesthetic -1.0"),
+    (["laion", "--min-aesthetic", "nan"], "--min-aesthetic nan"),
+    (["laion", "--max-watermark", "1.5"], "--max-watermark 1.5: must be in [0, 1]"),
+    (["coyo", "--max-unsafe", "-0.1"], "--max-unsafe -0.1"),
+    (["sam", "--image-size", "0"], "--image-size 0"),
+    (["journeydb", "--annotations", "{tmp}/a.jsonl", "--min-size", "-5"], "--min-size -5"),
+    (["imagenet", "--min-aesthetic", "-2"], "--min-aesthetic -2.0"),
+    (["mix", "--take", "laion=-1"], "--take laion=-1: expected SOURCE=N"),
+    (["mix", "--take", "=5"], "--take =5"),
+    (["mix", "--take", "laion=1", "--take", "laion=2"], "laion is given twice"),
+])
+def test_impossible_option_values_fail_in_one_line_before_anything_is_written(tmp_path, args, fragment):
+    """In process (the same `_run` wrapper as the command line): one line, exit 2, no output folder. The options
+    are checked before any input is read (the web commands get valid metadata: only the option is at fault)."""
+    from typer.testing import CliRunner
+
+    from lumos.curation.cli import app
+
+    meta = write_metadata(str(tmp_path / "meta.parquet"), "coyo" if args[0] == "coyo" else "laion-upper",
+                          "http://127.0.0.1:9", CASES)
+    inputs = {"laion": meta, "coyo": meta, "mix": str(tmp_path / "a.lance")}.get(args[0], str(tmp_path))
+    out = tmp_path / "out"
+    result = CliRunner().invoke(app, [args[0], "--input", inputs, "--output", str(out),
+                                      *[a.format(tmp=tmp_path) for a in args[1:]]])
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    _assert_one_line_error(result.exit_code, lines, fragment)
+    assert not out.exists()

@@ -42,3 +42,25 @@ def test_features_made_differently_are_refused(tmp_path, ray_session):
     run_encode(images, out, [EncoderConfig("tiny-vae", resolution=64)], say=lambda *_: None)
     with pytest.raises(UserError, match="already holds tiny-vae features made differently .*resolution"):
         run_encode(images, out, [EncoderConfig("tiny-vae", resolution=128)], say=lambda *_: None)
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["--batch-size", "0"], "--batch-size 0: must be a number >= 1"),
+    (["--resolution", "0"], "--resolution 0: must be a number >= 1"),
+    (["--resolution", "100"], "--resolution 100: must be a multiple of 8"),
+    (["--gpus-per-actor", "-1"], "--gpus-per-actor -1.0: must be in (0, 8]"),
+    (["--gpus-per-actor", "0"], "--gpus-per-actor 0.0"),
+])
+def test_impossible_option_values_fail_in_one_line_before_anything_is_written(tmp_path, args, fragment):
+    """In process, through the command's own error handling; the images table is valid, only the option is not."""
+    from typer.testing import CliRunner
+
+    from lumos.pipeline.cli import app
+
+    images = _images(str(tmp_path / "images.lance"), count=2)
+    result = CliRunner().invoke(app, ["--encoder", "tiny-vae", "--input", images, "--output",
+                                      str(tmp_path / "f.lance"), *args])
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.exit_code == 2 and len(lines) == 1, (result.exit_code, result.output)
+    assert lines[0].startswith("error: ") and fragment in lines[0], lines[0]
+    assert not (tmp_path / "f.lance").exists()
