@@ -13,6 +13,7 @@ from rich.console import Console
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 os.environ.setdefault("LANCE_LOG", "error")
 
+from lumos.curation import options  # noqa: E402
 from lumos.curation.download import DownloadConfig  # noqa: E402
 from lumos.curation.errors import UserError  # noqa: E402
 from lumos.curation.sample import DEFAULT_PORT  # noqa: E402
@@ -27,16 +28,20 @@ err_console = Console(stderr=True)
 
 def _run_web(source: str, input: str, output: str, min_aesthetic: float, min_size: int,
              max_watermark: Optional[float], max_unsafe: Optional[float], image_size: int, no_download: bool,
-             workers: Optional[int], threads: int, shard_size: int, timeout: int) -> None:
+             workers: Optional[int], threads: int, shard_size: int, timeout: int,
+             allow_private_urls: bool = False) -> None:
     from lumos.curation.web_job import WebJob, run_web_job
 
     job = WebJob(
         source=source, input=input, output=output, min_size=min_size, min_aesthetic=min_aesthetic,
         max_watermark=max_watermark, max_unsafe=max_unsafe, download=not no_download,
         download_config=DownloadConfig(image_size=image_size, workers=workers or os.cpu_count() or 1,
-                                       threads=threads, shard_size=shard_size, timeout=timeout),
+                                       threads=threads, shard_size=shard_size, timeout=timeout,
+                                       allow_private_urls=allow_private_urls),
     )
-    _run(lambda: run_web_job(job, say=err_console.print))
+    _run(lambda: run_web_job(job, say=err_console.print),
+         check=lambda: options.web_options(min_size, min_aesthetic, max_watermark, max_unsafe, image_size, workers,
+                                           threads, shard_size, timeout))
 
 
 def _web_command(source: str, variants: str):
@@ -60,9 +65,13 @@ def _web_command(source: str, variants: str):
         threads: int = typer.Option(32, help="Concurrent image requests per download process."),
         shard_size: int = typer.Option(10_000, help="Images per download shard, the unit of resume."),
         timeout: int = typer.Option(10, help="Seconds to wait for each image request."),
+        allow_private_urls: bool = typer.Option(
+            False, "--allow-private-urls", help="Also fetch URLs whose host is a loopback, private, link-local "
+            "or cloud-metadata address: for a URL list that points at your own internal server; never for "
+            "lists from the web."),
     ):
         _run_web(source, input, output, min_aesthetic, min_size, max_watermark, max_unsafe, image_size,
-                 no_download, workers, threads, shard_size, timeout)
+                 no_download, workers, threads, shard_size, timeout, allow_private_urls)
 
     command.__doc__ = (
         f"Filter {source} metadata with Ray Data, download the kept images with img2dataset, write "
@@ -75,11 +84,14 @@ app.command("laion")(_web_command("laion", "2B-en, improved_aesthetics_*plus or 
 app.command("coyo")(_web_command("coyo", "COYO-700M columns"))
 
 
-def _run(job, report=None) -> None:
-    """Run `job()`; a UserError becomes one line on stderr and exit code 2, the stats a summary on stdout."""
+def _run(job, report=None, check=None) -> None:
+    """Run `check()` (the options' values), then `job()`; a UserError becomes one line on stderr and exit code 2,
+    the stats a summary on stdout."""
     from lumos.curation.job_dir import summary
 
     try:
+        if check is not None:
+            check()  # before the job: an impossible option fails before anything is written
         stats = job()
     except UserError as err:
         err_console.print(f"[red]error:[/red] {err}", highlight=False, soft_wrap=True)
@@ -105,7 +117,8 @@ def _run_dump(reader_factory, output, min_size, image_size, min_aesthetic, aesth
 
     _run(lambda: run_dump_job(reader_factory(), output, PrepareConfig(min_size=min_size, image_size=image_size),
                               ScoreConfig(aesthetic_model, clip_weights, aesthetic_weights, min_aesthetic), record,
-                              say=err_console.print))
+                              say=err_console.print),
+         check=lambda: options.dump_options(min_size, image_size, min_aesthetic))
 
 
 @app.command("sam")
@@ -213,12 +226,7 @@ def mix(
     from lumos.curation.mix_job import run_mix
 
     def job():
-        caps = {}
-        for item in take:
-            name, _, count = item.partition("=")
-            if not count.isdigit():
-                raise UserError(f"--take {item}: expected SOURCE=N, e.g. laion=120000000")
-            caps[name] = int(count)
+        caps = options.take_option(take)
         if dedup not in ("sha256", "none"):
             raise UserError(f"--dedup {dedup}: expected sha256 or none")
         return run_mix([os.path.abspath(i) for i in input], output, caps, dedup == "sha256", seed,
@@ -242,7 +250,7 @@ def sample(
         metadata = write_sample_metadata(rows, served.base_url, os.path.join(output, "metadata"))
         err_console.print(f"sample: {len(rows)} LAION-shaped rows, images served at {served.base_url}")
         _run_web("laion", metadata, os.path.join(output, "curated"), 5.0, 512, None, None, 512, False,
-                 workers, 16, 16, 10)
+                 workers, 16, 16, 10, allow_private_urls=True)  # the sample's own server is on 127.0.0.1
 
 
 def main() -> None:

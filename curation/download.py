@@ -3,15 +3,25 @@
 img2dataset marks a shard finished by writing `<shard>_stats.json`; `incremental` mode skips those on a
 re-run, so a killed download loses only the shards that were in flight. It also honours X-Robots-Tag
 opt-outs (noai, noimageai, ...) by default: that is the site owner's consent, and we keep it.
+Images are decoded by our `prepare()`, as in the dumps (web_decode.py: EXIF orientation, 16-bit and float
+pixels, the pixel cap before decoding), and every request goes through the URL guard (url_guard.py) unless
+`allow_private_urls` is set.
 """
 
 from __future__ import annotations
 
 import glob
+import importlib
 import os
+import threading
 from dataclasses import dataclass
 
+from lumos.curation.prepare import PrepareConfig
+from lumos.curation.url_guard import GuardedDownloader
+from lumos.curation.web_decode import LumosDownloader
 from lumos.schemas import web
+
+_swap_lock = threading.Lock()  # img2dataset.main.Downloader is swapped for the length of one download
 
 
 @dataclass(frozen=True)
@@ -22,11 +32,35 @@ class DownloadConfig:
     shard_size: int = 10_000  # images per shard: the unit of resume
     timeout: int = 10  # seconds per request
     retries: int = 0
+    max_pixels: int = PrepareConfig.max_pixels  # the dumps' cap: a larger image is dropped as too_large
+    # Fetch loopback, private, link-local and cloud-metadata addresses too: only for the tests and the
+    # built-in sample (127.0.0.1), or a URL list that points at your own internal server.
+    allow_private_urls: bool = False
 
 
 def download(kept_dir: str, output_dir: str, config: DownloadConfig, distributor: str) -> list[str]:
     """Download every URL in `kept_dir`'s parquet files; returns the finished shard files."""
-    from img2dataset import download as img2dataset_download
+    # the module, not the package's `main` function of the same name
+    img2dataset_main = importlib.import_module("img2dataset.main")
+
+    with _swap_lock:
+        original = img2dataset_main.Downloader
+        # pickled by reference: each worker process imports our decode (and the guard) with it
+        img2dataset_main.Downloader = downloader_class(config)
+        try:
+            _img2dataset(kept_dir, output_dir, config, distributor)
+        finally:
+            img2dataset_main.Downloader = original
+    return finished_shards(output_dir)
+
+
+def downloader_class(config: DownloadConfig) -> type:
+    """What stands in for img2dataset's Downloader: always our decode, the URL guard unless turned off."""
+    return LumosDownloader if config.allow_private_urls else GuardedDownloader
+
+
+def _img2dataset(kept_dir: str, output_dir: str, config: DownloadConfig, distributor: str) -> None:
+    from img2dataset.main import download as img2dataset_download
 
     img2dataset_download(
         url_list=kept_dir,
@@ -37,10 +71,11 @@ def download(kept_dir: str, output_dir: str, config: DownloadConfig, distributor
         output_format="parquet",
         encode_format="jpg",
         encode_quality=95,
-        image_size=config.image_size,
+        image_size=config.image_size,  # read back by LumosDownloader for its resizer
         resize_mode="keep_ratio",
         resize_only_if_bigger=True,
         min_image_size=0,  # we check the real size ourselves, to count it under its own reason
+        max_image_area=config.max_pixels,  # read back by LumosDownloader: checked on the header, before decoding
         processes_count=config.workers,
         thread_count=config.threads,
         number_sample_per_shard=config.shard_size,
@@ -52,7 +87,6 @@ def download(kept_dir: str, output_dir: str, config: DownloadConfig, distributor
         incremental_mode="incremental",
         enable_wandb=False,
     )
-    return finished_shards(output_dir)
 
 
 def finished_shards(output_dir: str) -> list[str]:

@@ -10,6 +10,8 @@ import pyarrow as pa
 from PIL import Image
 
 from lumos.curation.lance_sink import SinkResult, write_counted
+from lumos.curation.url_guard import refusal_reason
+from lumos.curation.web_decode import decode_reason
 from lumos.schemas import images as cols
 from lumos.schemas import web
 
@@ -26,16 +28,19 @@ def classify(row: dict, config: IngestConfig) -> str | None:
     """Why a downloaded row cannot be kept, or None."""
     status = row[web.I2D_STATUS]
     if status != web.I2D_SUCCESS:
-        if OPT_OUT_MESSAGE in (row[web.I2D_ERROR] or ""):
+        error = row[web.I2D_ERROR] or ""
+        if OPT_OUT_MESSAGE in error:
             return "opted_out"
-        return status or "failed_to_download"
+        # our decode's reasons (too_large, extreme_aspect, failed_to_decode, failed_to_encode), the guard's
+        return decode_reason(error) or refusal_reason(error) or status or "failed_to_download"
     if min(row[web.I2D_ORIGINAL_WIDTH], row[web.I2D_ORIGINAL_HEIGHT]) < config.min_size:
         return "too_small_after_download"
     return None
 
 
 def as_rgb_jpeg(data: bytes) -> tuple[bytes, int, int]:
-    """The stored image as RGB JPEG bytes and its size; re-encodes only what is not RGB already."""
+    """The stored image as RGB JPEG bytes and its size; re-encodes only what is not RGB already (a check:
+    web_decode.py hands img2dataset RGB JPEG)."""
     with Image.open(io.BytesIO(data)) as im:
         if im.mode == "RGB":
             im.verify()

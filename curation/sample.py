@@ -37,7 +37,7 @@ class _Handler(BaseHTTPRequestHandler):
     delay: float = 0.0
 
     def do_GET(self):  # noqa: N802 - the http.server API
-        self.hits[self.path] += 1
+        self.hits[self.path] += 1  # the request log: tests check what was (not) fetched
         if self.delay:
             time.sleep(self.delay)
         route = self.routes.get(self.path, Route(b"not found", "text/plain", 404))
@@ -56,24 +56,25 @@ class _Handler(BaseHTTPRequestHandler):
 @dataclass
 class Served:
     base_url: str
-    hits: Counter  # requests per path, for tests that check what was (not) fetched again
+    hits: Counter  # requests per path, for tests that check what was (not) fetched (again)
 
 
 @contextmanager
-def serve(routes: dict[str, Route], port: int = 0, delay: float = 0.0):
-    """Serve `routes` ({"/path": Route}) on 127.0.0.1, waiting `delay` seconds before each answer.
+def serve(routes: dict[str, Route], port: int = 0, delay: float = 0.0, host: str = "127.0.0.1"):
+    """Serve `routes` ({"/path": Route}) on `host` (a loopback address), waiting `delay` seconds before each
+    answer.
 
     Yields a `Served`; port 0 picks a free port, and a busy fixed port falls back to a free one.
     """
     handler = type("Handler", (_Handler,), {"routes": dict(routes), "hits": Counter(), "delay": delay})
     try:
-        server = ThreadingHTTPServer(("127.0.0.1", port), handler)
+        server = ThreadingHTTPServer((host, port), handler)
     except OSError:
-        server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        server = ThreadingHTTPServer((host, 0), handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
-        yield Served(f"http://127.0.0.1:{server.server_address[1]}", handler.hits)
+        yield Served(f"http://{host}:{server.server_address[1]}", handler.hits)
     finally:
         server.shutdown()
         server.server_close()

@@ -18,7 +18,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from lumos.curation.filters import Filter, MinSide, NonEmpty, Threshold, apply_filters
+from lumos.curation.filters import (Filter, MinSide, NonEmpty, Threshold, as_utf8, count_reasons, drop_reasons,
+                                    first_reason)
+from lumos.curation.url_guard import HttpUrl
 from lumos.schemas import web
 from lumos.schemas.images import make_id
 
@@ -36,7 +38,7 @@ class WebFilterConfig:
     max_unsafe: float | None
 
     def filters(self) -> list[Filter]:
-        out: list[Filter] = [NonEmpty(web.URL), MinSide(web.WIDTH, web.HEIGHT, self.min_size)]
+        out: list[Filter] = [NonEmpty(web.URL), HttpUrl(web.URL), MinSide(web.WIDTH, web.HEIGHT, self.min_size)]
         if self.min_aesthetic is not None:
             out.append(Threshold(web.AESTHETIC, self.min_aesthetic, at_least=True))
         if self.max_watermark is not None:
@@ -46,13 +48,31 @@ class WebFilterConfig:
         return out
 
 
-def normalise(batch: pa.Table, columns: web.ColumnMap) -> pa.Table:
-    """Rename a source's columns to the logical fields; a field the file lacks becomes all NULL."""
-    arrays = {}
+TEXT_FIELDS = (web.URL, web.CAPTION)
+SCORE_FIELDS = (web.AESTHETIC, web.WATERMARK, web.UNSAFE)
+
+
+def normalise(batch: pa.Table, columns: web.ColumnMap) -> tuple[pa.Table, pa.Array]:
+    """Rename a source's columns to the logical fields (a field the file lacks becomes all NULL), in the types
+    the filters and the kept list use: text as UTF-8 `string`, scores as float32 (the stored type, so what is
+    filtered is what is kept), sizes as they are (MinSide checks them).
+
+    Text that is not valid UTF-8 is made NULL; the second result is each row's reason for that
+    (`<field>_not_utf8`, e.g. `caption_not_utf8`), null for rows whose text is fine.
+    """
+    arrays, bad_text = {}, []
     for field in web.LOGICAL_FIELDS:
         name = columns.physical.get(field)
-        arrays[field] = batch[name] if name is not None else pa.nulls(len(batch))
-    return pa.table(arrays)
+        values = batch[name].combine_chunks() if name is not None else pa.nulls(len(batch))
+        if pa.types.is_dictionary(values.type):  # e.g. a pandas categorical
+            values = values.dictionary_decode()
+        if field in TEXT_FIELDS:
+            values, bad = as_utf8(values)
+            bad_text.append((bad, f"{field}_not_utf8"))
+        elif field in SCORE_FIELDS:
+            values = values.cast(pa.float32(), safe=False)  # 1e300 becomes inf: "missing", as NaN is
+        arrays[field] = values
+    return pa.table(arrays), first_reason(bad_text, len(batch))
 
 
 @dataclass
@@ -63,8 +83,10 @@ class FilterBatch:
     config: WebFilterConfig
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        kept, dropped = apply_filters(normalise(batch, self.columns), self.config.filters())
-        urls = kept[web.URL].cast(pa.string())
+        table, unusable = normalise(batch, self.columns)
+        reasons = pc.coalesce(unusable, drop_reasons(table, self.config.filters()))  # unusable values first
+        kept, dropped = table.filter(pc.is_null(reasons)), count_reasons(reasons)
+        urls = kept[web.URL]
         kept_rows = pa.table(
             {
                 web.KEPT_URL: urls,

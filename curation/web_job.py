@@ -13,11 +13,12 @@ import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 
-from lumos.curation.download import DownloadConfig, download
+from lumos.curation.download import DownloadConfig, download, finished_shards
 from lumos.curation.errors import UserError
 from lumos.curation.ingest import IngestConfig, run_ingest
 from lumos.curation.job_dir import JobDir, stage_stats, write_json
-from lumos.curation.inputs import read_schemas, resolve_parquet_files
+from lumos.curation.inputs import check_web_columns, read_schemas, resolve_parquet_files
+from lumos.curation.output_lock import output_lock
 from lumos.curation.web_filter import FilterResult, WebFilterConfig, run_filter
 from lumos.pipeline.ray_runtime import init_ray, on_cluster
 from lumos.schemas import web
@@ -54,6 +55,7 @@ def plan(job: WebJob) -> tuple[list[str], web.ColumnMap, WebFilterConfig, dict]:
         columns = web.detect(job.source, schema.names)
     except web.MissingColumn as err:
         raise UserError(str(err)) from None
+    check_web_columns(files, columns)  # types each file gives the filter's columns: before anything is written
     min_aesthetic = job.min_aesthetic if job.min_aesthetic > 0 else None
     if min_aesthetic is not None and not columns.has(web.AESTHETIC):
         raise UserError(
@@ -74,6 +76,8 @@ def plan(job: WebJob) -> tuple[list[str], web.ColumnMap, WebFilterConfig, dict]:
         "filters": asdict(config),
         "download": job.download,
         "image_size": job.download_config.image_size if job.download else None,
+        # part of the record: a resumed run cannot switch the URL guard off (or on) half way
+        "allow_private_urls": job.download_config.allow_private_urls if job.download else None,
     }
     return files, columns, config, record
 
@@ -90,6 +94,11 @@ def run_web_job(job: WebJob, say=print) -> dict:
     """Run (or resume) the job; returns the stats written to DIR/stats.json."""
     started = time.monotonic()
     files, columns, config, record = plan(job)
+    with output_lock(job.output, f"lumos-curate {job.source}"):  # one writer, from the first write to the last
+        return _run_locked(job, files, columns, config, record, started, say)
+
+
+def _run_locked(job: WebJob, files, columns, config, record, started: float, say) -> dict:
     paths = WebJobDir(job.output)
     if paths.finished(record):
         say(f"{paths.root} already holds this finished job: nothing to do")
@@ -146,6 +155,7 @@ def _filter_once(files, columns, config, paths: WebJobDir) -> FilterResult:
 def _download(paths: WebJobDir, expected_rows: int, config: DownloadConfig) -> list[str]:
     if expected_rows == 0:
         return []
+    _clear_download_leftovers(paths.downloads)
     shards = download(paths.kept, paths.downloads, config, "ray" if on_cluster() else "multiprocessing")
     expected = -(-expected_rows // config.shard_size)
     if len(shards) < expected:
@@ -153,3 +163,13 @@ def _download(paths: WebJobDir, expected_rows: int, config: DownloadConfig) -> l
             f"{expected - len(shards)} of {expected} download shards did not finish; re-run the same command to retry"
         )
     return shards
+
+
+def _clear_download_leftovers(folder: str) -> None:
+    """A killed run's img2dataset scratch (_tmp) and its unfinished shards: safe to remove, as we hold the lock."""
+    shutil.rmtree(os.path.join(folder, "_tmp"), ignore_errors=True)
+    finished = set(finished_shards(folder))
+    for name in os.listdir(folder) if os.path.isdir(folder) else []:
+        path = os.path.join(folder, name)
+        if name.endswith(".parquet") and path not in finished:
+            os.remove(path)

@@ -22,7 +22,7 @@ SHARD = 4
 
 def _cli(metadata, output):
     return [sys.executable, "-m", "lumos.curation.cli", "laion", "--input", metadata, "--output", output,
-            "--workers", "1", "--threads", "2", "--shard-size", str(SHARD)]
+            "--workers", "1", "--threads", "2", "--shard-size", str(SHARD), "--allow-private-urls"]
 
 
 def _table(path):
@@ -66,7 +66,8 @@ def test_killed_download_resumes_without_duplicates_or_refetching(tmp_path, ray_
             assert served.hits[path] == hits_before[path] == 1, path
 
         reference = WebJob(source="laion", input=metadata, output=str(tmp_path / "reference"),
-                           download_config=DownloadConfig(workers=1, threads=2, shard_size=SHARD))
+                           download_config=DownloadConfig(workers=1, threads=2, shard_size=SHARD,
+                                                          allow_private_urls=True))
         stats = run_web_job(reference, say=lambda *_: None)
 
     assert stats["kept"] == len(CASES)

@@ -9,7 +9,7 @@ from collections import Counter
 import lance
 import pytest
 from PIL import Image
-from web_cases import CASES, VARIANTS, case_url, routes, write_metadata
+from web_cases import CASES, MAX_PIXELS, VARIANTS, case_url, routes, write_metadata
 
 from lumos.curation.download import DownloadConfig
 from lumos.curation.web_job import WebJob, run_web_job
@@ -25,7 +25,9 @@ def _run(tmp_path, variant, base_url, **kw):
     for i, cases in enumerate(halves):
         write_metadata(os.path.join(metadata, f"{variant}-{i}.parquet"), variant, base_url, cases)
     job = WebJob(source=source, input=metadata, output=str(tmp_path / "out"),
-                 download_config=DownloadConfig(workers=1, threads=8, shard_size=8), **kw)
+                 download_config=DownloadConfig(workers=1, threads=8, shard_size=8, max_pixels=MAX_PIXELS,
+                                                allow_private_urls=True),  # the test server is on 127.0.0.1
+                 **kw)
     return job, run_web_job(job, say=lambda *_: None)
 
 
@@ -66,6 +68,12 @@ def test_web_job_keeps_exactly_the_good_rows(tmp_path, ray_session, served, vari
         assert im.size == (row[cols.WIDTH], row[cols.HEIGHT])
         ow, oh = row[cols.ORIGINAL_WIDTH], row[cols.ORIGINAL_HEIGHT]
         assert abs(im.size[0] / im.size[1] - ow / oh) < 0.01  # aspect kept: no crop, no padding
+        # decoded as the dumps are (prepare.py): EXIF orientation applied, 16-bit/float scaled, alpha on white
+        if case.stored is not None:
+            assert (im.size, (ow, oh)) == (case.stored, case.original), case.name
+        for (fx, fy), rgb in case.pixels:
+            got = im.convert("RGB").getpixel((int(fx * im.width), int(fy * im.height)))
+            assert max(abs(g - e) for g, e in zip(got, rgb)) <= 4, (case.name, (fx, fy), got, rgb)
     assert job.download_config.image_size == 512
 
     # a finished job run again is a no-op: same stats, no new table version
