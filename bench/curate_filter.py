@@ -23,7 +23,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from lumos.curation.web_filter import FilterBatch, WebFilterConfig, run_filter, sorted_parquet_files, write_kept
-from lumos.pipeline.ray_runtime import init_ray
+from lumos.floor.ray_runtime import init_ray
 from lumos.schemas import web
 
 

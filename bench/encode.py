@@ -28,8 +28,8 @@ import torch
 from PIL import Image
 
 from lumos.curation.sample import encode, synthetic_image
+from lumos.floor.ray_runtime import init_ray
 from lumos.pipeline.encode_job import EncoderConfig, run_encode
-from lumos.pipeline.ray_runtime import init_ray
 from lumos.schemas import images as cols
 
 

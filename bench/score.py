@@ -23,7 +23,7 @@ from PIL import Image
 from lumos.curation.aesthetic import SPECS, load_aesthetic_model, preprocess
 from lumos.curation.sample import encode, synthetic_image
 from lumos.curation.scoring import add_scores
-from lumos.pipeline.ray_runtime import init_ray
+from lumos.floor.ray_runtime import init_ray
 from lumos.schemas import images as cols
 
 

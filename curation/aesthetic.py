@@ -14,13 +14,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lumos.curation.errors import UserError
+from lumos.floor.errors import UserError
+from lumos.floor.normalisation import OPENAI_MEAN, OPENAI_STD
 
 MLP_WEIGHTS_FILE = "sac+logos+ava1-l14-linearMSE.pth"
 MLP_WEIGHTS_URL = ("https://github.com/christophschuhmann/improved-aesthetic-predictor/raw/main/"
                    + MLP_WEIGHTS_FILE)
-OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
-OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
 class AestheticMLP(nn.Module):
@@ -120,7 +119,7 @@ def _calibrate(model: AestheticModel, image_size: int) -> None:
 def _load_clip(spec: AestheticSpec, weights: str | None) -> nn.Module:
     import open_clip
 
-    from lumos.pipeline.encoders.base import quiet_loading
+    from lumos.floor.model_loading import quiet_loading
 
     source = weights or spec.clip_pretrained
     try:

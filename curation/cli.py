@@ -15,8 +15,8 @@ os.environ.setdefault("LANCE_LOG", "error")
 
 from lumos.curation import options  # noqa: E402
 from lumos.curation.download import DownloadConfig  # noqa: E402
-from lumos.curation.errors import UserError  # noqa: E402
 from lumos.curation.sample import DEFAULT_PORT  # noqa: E402
+from lumos.floor.errors import UserError  # noqa: E402
 
 app = typer.Typer(
     add_completion=False,
@@ -140,7 +140,7 @@ def sam(
         import ray
 
         from lumos.curation.dumps import SamReader, read_caption_file
-        from lumos.pipeline.ray_runtime import init_ray
+        from lumos.floor.ray_runtime import init_ray
 
         table = read_caption_file(captions) if captions else None
         if table is None:

@@ -19,14 +19,15 @@ from dataclasses import asdict, dataclass
 import pyarrow as pa
 
 from lumos.curation.dumps import RawImage, one_line
-from lumos.curation.errors import UserError
 from lumos.curation.filters import Threshold
-from lumos.curation.job_dir import JobDir, stage_stats, write_json
+from lumos.curation.job_dir import JobDir, stage_stats
 from lumos.curation.lance_sink import write_counted
-from lumos.curation.output_lock import output_lock
 from lumos.curation.prepare import PrepareConfig, Prepared, prepare
 from lumos.curation.scoring import add_scores
-from lumos.pipeline.ray_runtime import init_ray
+from lumos.floor.errors import UserError
+from lumos.floor.lance_io import write_json
+from lumos.floor.output_lock import output_lock
+from lumos.floor.ray_runtime import init_ray
 from lumos.schemas import dumps as names
 from lumos.schemas import images as cols
 

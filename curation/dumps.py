@@ -33,7 +33,7 @@ from dataclasses import dataclass, replace
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from lumos.curation.errors import UserError
+from lumos.floor.errors import UserError
 from lumos.schemas import dumps as names
 
 CHUNK = 256  # files per unit where the layout has no natural unit

@@ -9,7 +9,7 @@ from collections import Counter
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from lumos.curation.errors import UserError
+from lumos.floor.errors import UserError
 from lumos.schemas import web
 
 

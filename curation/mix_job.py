@@ -16,11 +16,12 @@ from dataclasses import dataclass
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from lumos.curation.errors import UserError
-from lumos.curation.job_dir import JobDir, open_images_table, write_json
+from lumos.curation.job_dir import JobDir
 from lumos.curation.lance_sink import write_counted
-from lumos.curation.output_lock import output_lock
-from lumos.pipeline.ray_runtime import init_ray
+from lumos.floor.errors import UserError
+from lumos.floor.lance_io import open_images_table, write_json
+from lumos.floor.output_lock import output_lock
+from lumos.floor.ray_runtime import init_ray
 from lumos.schemas import images as cols
 
 ROWS_PER_TASK = 256

@@ -3,28 +3,8 @@ before it writes anything. Each check raises UserError naming the option and the
 
 from __future__ import annotations
 
-import math
-
-from lumos.curation.errors import UserError
-
-
-def at_least(flag: str, value: float | None, bound: float) -> None:
-    """`value` >= `bound` and finite; None (the option's "not set") passes."""
-    if value is not None and not (math.isfinite(value) and value >= bound):  # NaN fails every comparison
-        raise UserError(f"{flag} {value}: must be a number >= {bound}")
-
-
-def positive(flag: str, value: int | None) -> None:
-    at_least(flag, value, 1)
-
-
-def between(flag: str, value: float | None, low: float, high: float, low_open: bool = False) -> None:
-    """low <= `value` <= high (low < value when `low_open`); None passes."""
-    if value is None:
-        return
-    inside = math.isfinite(value) and (low < value if low_open else low <= value) and value <= high
-    if not inside:
-        raise UserError(f"{flag} {value}: must be in {'(' if low_open else '['}{low}, {high}]")
+from lumos.floor.errors import UserError
+from lumos.floor.options import at_least, between, positive
 
 
 def web_options(min_size: int, min_aesthetic: float, max_watermark: float | None, max_unsafe: float | None,
@@ -60,11 +40,3 @@ def take_option(items: list[str]) -> dict[str, int]:
         caps[name] = int(count)
     return caps
 
-
-def encode_options(resolution: int, batch_size: int, gpus_per_actor: float) -> None:
-    """`lumos-encode`."""
-    positive("--resolution", resolution)
-    if resolution % 8:
-        raise UserError(f"--resolution {resolution}: must be a multiple of 8 (the VAE downsamples by 8)")
-    positive("--batch-size", batch_size)
-    between("--gpus-per-actor", gpus_per_actor, 0, 8, low_open=True)

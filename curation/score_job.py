@@ -14,11 +14,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from lumos.curation.dump_job import ScoreConfig
-from lumos.curation.job_dir import JobDir, open_images_table
-from lumos.curation.output_lock import output_lock
+from lumos.curation.job_dir import JobDir
 from lumos.curation.scoring import add_scores
-from lumos.pipeline.fragment_reader import fragment_dataset
-from lumos.pipeline.ray_runtime import init_ray
+from lumos.floor.fragment_reader import fragment_dataset
+from lumos.floor.lance_io import open_images_table
+from lumos.floor.output_lock import output_lock
+from lumos.floor.ray_runtime import init_ray
 from lumos.schemas import images as cols
 
 

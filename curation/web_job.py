@@ -14,13 +14,14 @@ from collections import Counter
 from dataclasses import asdict, dataclass, field
 
 from lumos.curation.download import DownloadConfig, download, finished_shards
-from lumos.curation.errors import UserError
 from lumos.curation.ingest import IngestConfig, run_ingest
-from lumos.curation.job_dir import JobDir, stage_stats, write_json
 from lumos.curation.inputs import check_web_columns, read_schemas, resolve_parquet_files
-from lumos.curation.output_lock import output_lock
+from lumos.curation.job_dir import JobDir, stage_stats
 from lumos.curation.web_filter import FilterResult, WebFilterConfig, run_filter
-from lumos.pipeline.ray_runtime import init_ray, on_cluster
+from lumos.floor.errors import UserError
+from lumos.floor.lance_io import write_json
+from lumos.floor.output_lock import output_lock
+from lumos.floor.ray_runtime import init_ray, on_cluster
 from lumos.schemas import web
 
 DEFAULT_MAX_SCORE = 0.5  # watermark / unsafe probability bound applied when the metadata has the column

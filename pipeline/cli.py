@@ -11,9 +11,9 @@ from rich.console import Console
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 os.environ.setdefault("LANCE_LOG", "error")
 
-from lumos.curation.errors import UserError  # noqa: E402
-from lumos.curation.options import encode_options  # noqa: E402
+from lumos.floor.errors import UserError  # noqa: E402
 from lumos.pipeline.encoders import ENCODERS  # noqa: E402
+from lumos.pipeline.options import encode_options  # noqa: E402
 
 err_console = Console(stderr=True)
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)

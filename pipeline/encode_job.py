@@ -9,7 +9,7 @@ the shards already committed to the staging table, so no id is written twice. An
 already in the features table with the same provenance is skipped; adding an encoder merges new columns
 by `id`, without touching (or copying) the columns already there.
 
-The run holds OUT/.lumos.lock throughout (curation/output_lock.py): a second run on the same output fails at
+The run holds OUT/.lumos.lock throughout (floor/output_lock.py): a second run on the same output fails at
 once, and the next holder clears what a killed run left uncommitted. An images table that repeats an id is
 refused (see check_unique_ids).
 """
@@ -25,12 +25,12 @@ from dataclasses import dataclass, field
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from lumos.curation.errors import UserError
-from lumos.curation.job_dir import open_images_table, table_exists, write_json
-from lumos.curation.output_lock import output_lock
+from lumos.floor.errors import UserError
+from lumos.floor.fragment_reader import fragment_dataset
+from lumos.floor.lance_io import open_images_table, table_exists, write_json
+from lumos.floor.output_lock import output_lock
+from lumos.floor.ray_runtime import describe_cluster, init_ray
 from lumos.pipeline.encoders import EncoderConfig
-from lumos.pipeline.fragment_reader import fragment_dataset
-from lumos.pipeline.ray_runtime import describe_cluster, init_ray
 from lumos.schemas import features
 from lumos.schemas import images as cols
 

@@ -12,7 +12,7 @@ def ray_session():
     """One embedded Ray for the whole test session (starting it costs seconds on 2 cores)."""
     import ray
 
-    from lumos.pipeline.ray_runtime import init_ray
+    from lumos.floor.ray_runtime import init_ray
 
     init_ray(num_cpus=2)
     yield

@@ -24,7 +24,7 @@ import shutil
 import torch
 from safetensors.torch import load_file, save_file
 
-from lumos.curation.errors import UserError
+from lumos.floor.errors import UserError
 
 PATTERN = re.compile(r"^step-(\d+)$")
 MANIFEST = "manifest.json"

@@ -15,7 +15,7 @@ from rich.markup import escape
 
 os.environ.setdefault("LANCE_LOG", "error")
 
-from lumos.curation.errors import UserError  # noqa: E402
+from lumos.floor.errors import UserError  # noqa: E402
 from lumos.trainer.models import DIT_MODELS  # noqa: E402
 
 err_console = Console(stderr=True)

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
-from lumos.curation.errors import UserError
+from lumos.floor.errors import UserError
 from lumos.schemas import features
 from lumos.schemas.images import ID
 

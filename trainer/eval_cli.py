@@ -8,7 +8,7 @@
         FID between two image sets (folders of images or Lance images tables).
 
 One JSON object on stdout (and in --output when given). --save-samples is locked for the run (one writer);
-the statistics cache is locked while a file is written into it (curation/output_lock.py).
+the statistics cache is locked while a file is written into it (floor/output_lock.py).
 """
 
 from __future__ import annotations
@@ -24,8 +24,8 @@ from rich.console import Console
 
 os.environ.setdefault("LANCE_LOG", "error")
 
-from lumos.curation.errors import UserError  # noqa: E402
-from lumos.curation.output_lock import output_lock  # noqa: E402
+from lumos.floor.errors import UserError  # noqa: E402
+from lumos.floor.output_lock import output_lock  # noqa: E402
 from lumos.trainer.sample_cli import CFG, DEVICE, PRECISION, SCHEDULER, SEED, STEPS  # noqa: E402
 
 err_console = Console(stderr=True)

@@ -23,8 +23,8 @@ import shutil
 import typer
 from rich.console import Console
 
-from lumos.curation.errors import UserError
-from lumos.curation.output_lock import LOCK_NAME, output_lock
+from lumos.floor.errors import UserError
+from lumos.floor.output_lock import LOCK_NAME, output_lock
 
 err_console = Console(stderr=True)
 app = typer.Typer(add_completion=False, help=__doc__)

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from lumos.curation.errors import UserError
+from lumos.floor.errors import UserError
 
 DIMS = 2048
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
@@ -119,7 +119,7 @@ class ImageSet:
     path: str
 
     def __post_init__(self):
-        from lumos.curation.job_dir import table_exists
+        from lumos.floor.lance_io import table_exists
 
         self.table = table_exists(self.path)
         if not self.table:
@@ -208,7 +208,7 @@ def store_statistics(cache_dir: str, path: str, mu, sigma, key: dict) -> None:
     import sys
     import time
 
-    from lumos.curation.output_lock import OutputLocked, output_lock
+    from lumos.floor.output_lock import OutputLocked, output_lock
 
     deadline = time.monotonic() + CACHE_WAIT_S
     while True:

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from lumos.curation.errors import UserError
+from lumos.floor.errors import UserError
 from lumos.schemas.images import ID
 from lumos.trainer.data import FeatureColumns, read_fixed, read_padded
 

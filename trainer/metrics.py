@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 
-from lumos.curation.errors import UserError
+from lumos.floor.errors import UserError
 
 
 def _logged(path: str):

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from lumos.curation.errors import UserError
+from lumos.floor.errors import UserError
 
 IGNORED = ("versions", "images")  # as the trainer: library versions and the images path do not matter
 COMPUTE = {"float32": "fp32", "bfloat16": "bf16"}

@@ -17,7 +17,7 @@ from rich.markup import escape
 
 os.environ.setdefault("LANCE_LOG", "error")
 
-from lumos.curation.errors import UserError  # noqa: E402
+from lumos.floor.errors import UserError  # noqa: E402
 
 err_console = Console(stderr=True)
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)

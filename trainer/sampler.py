@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
-from lumos.curation.errors import UserError
+from lumos.floor.errors import UserError
 from lumos.trainer import checkpoint as ckpt
 from lumos.trainer.diffusion import BETA_END, BETA_START, NUM_TIMESTEPS
 from lumos.trainer.models import LumosDiT, autocast

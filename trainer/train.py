@@ -20,8 +20,8 @@ from dataclasses import asdict, dataclass
 import torch
 import torch.nn.functional as F
 
-from lumos.curation.errors import UserError
-from lumos.curation.output_lock import output_lock
+from lumos.floor.errors import UserError
+from lumos.floor.output_lock import output_lock
 from lumos.schemas import features
 from lumos.trainer import checkpoint as ckpt
 from lumos.trainer.data import EpochOrder, FeatureColumns, FeatureStream, valid_positions

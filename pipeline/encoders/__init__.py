@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from lumos.curation.errors import UserError
+from lumos.floor.errors import UserError
 from lumos.pipeline.encoders.base import PRECISIONS, Encoder
 from lumos.pipeline.encoders.clip import ClipEncoder
 from lumos.pipeline.encoders.t5 import T5_XXL, T5Encoder

@@ -8,9 +8,7 @@ Both take and return Arrow tables that carry `id` and `shard` through.
 from __future__ import annotations
 
 import io
-import logging
-import warnings
-from contextlib import contextmanager, nullcontext
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -18,7 +16,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from PIL import Image
 
-from lumos.curation.errors import UserError
+from lumos.floor.errors import UserError
 from lumos.schemas import features
 from lumos.schemas import images as cols
 from lumos.schemas.features import shape_of
@@ -172,19 +170,6 @@ def fixed_column(values: np.ndarray | None, ok: np.ndarray, size: int) -> pa.Fix
     if values is not None:
         full[ok] = values.reshape(int(ok.sum()), size)
     return pa.FixedSizeListArray.from_arrays(pa.array(full.reshape(-1)), size, mask=pa.array(~ok))
-
-
-@contextmanager
-def quiet_loading():
-    """Silence the libraries' own warnings and error logs while weights load: a failure is reported once,
-    in our one line, and a success needs no chatter."""
-    logging.disable(logging.ERROR)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        logging.disable(logging.NOTSET)
 
 
 def missing_weights(what: str, source: str, err: Exception, flag: str = "--weights PATH") -> UserError:

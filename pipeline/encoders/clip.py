@@ -9,8 +9,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from lumos.curation.aesthetic import OPENAI_MEAN, OPENAI_STD
-from lumos.pipeline.encoders.base import missing_weights, quiet_loading
+from lumos.floor.model_loading import quiet_loading
+from lumos.floor.normalisation import OPENAI_MEAN, OPENAI_STD
+from lumos.pipeline.encoders.base import missing_weights
 from lumos.pipeline.encoders.vision import VisionEncoder, cls_attention
 
 # The `tiny-clip` test encoder: open_clip's CLIP class, 224 px, patch 16 (196 patches, as ViT-B/16), tiny widths.

@@ -14,7 +14,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from lumos.pipeline.encoders.base import Encoder, missing_weights, quiet_loading
+from lumos.floor.model_loading import quiet_loading
+from lumos.pipeline.encoders.base import Encoder, missing_weights
 from lumos.schemas import features
 from lumos.schemas import images as cols
 

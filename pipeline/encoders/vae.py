@@ -9,7 +9,8 @@ import numpy as np
 import pyarrow as pa
 from PIL import Image
 
-from lumos.pipeline.encoders.base import ImageEncoder, center_square, missing_weights, quiet_loading
+from lumos.floor.model_loading import quiet_loading
+from lumos.pipeline.encoders.base import ImageEncoder, center_square, missing_weights
 from lumos.schemas import features
 
 SCALING_FACTOR = 0.18215

@@ -7,8 +7,9 @@ import hashlib
 import os
 from dataclasses import dataclass, field
 
-from lumos.curation.errors import UserError
-from lumos.pipeline.encoders.base import missing_weights, quiet_loading
+from lumos.floor.errors import UserError
+from lumos.floor.model_loading import quiet_loading
+from lumos.pipeline.encoders.base import missing_weights
 from lumos.pipeline.encoders.vision import VisionEncoder, cls_attention
 
 TINY_VIT = dict(patch_size=16, embed_dim=64, depth=2, num_heads=2)

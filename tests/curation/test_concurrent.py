@@ -14,8 +14,8 @@ import lance
 import pyarrow as pa
 from web_cases import CASES, case_url, write_metadata
 
-from lumos.curation.output_lock import LOCK_NAME
 from lumos.curation.sample import encode, synthetic_image
+from lumos.floor.output_lock import LOCK_NAME
 from lumos.schemas import features
 from lumos.schemas import images as cols
 

@@ -20,9 +20,9 @@ from PIL import Image
 
 from lumos.curation.dump_job import ScoreConfig, run_dump_job
 from lumos.curation.dumps import ImageNetReader, JourneyDBReader, SamReader, read_caption_file
-from lumos.curation.output_lock import LOCK_NAME, OutputLocked, output_lock
 from lumos.curation.prepare import PrepareConfig
 from lumos.curation.sample import encode, synthetic_image
+from lumos.floor.output_lock import LOCK_NAME, OutputLocked, output_lock
 from lumos.schemas import images as cols
 
 

@@ -4,8 +4,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from lumos.curation.errors import UserError
 from lumos.curation.inputs import read_schemas, resolve_parquet_files
+from lumos.floor.errors import UserError
 
 
 @pytest.fixture

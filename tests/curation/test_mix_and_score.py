@@ -8,10 +8,10 @@ import pytest
 
 from lumos.curation.aesthetic import load_aesthetic_model, preprocess
 from lumos.curation.dump_job import ScoreConfig
-from lumos.curation.errors import UserError
 from lumos.curation.mix_job import run_mix
 from lumos.curation.sample import encode, synthetic_image
 from lumos.curation.score_job import score_table
+from lumos.floor.errors import UserError
 from lumos.schemas import images as cols
 
 

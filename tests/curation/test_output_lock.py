@@ -1,4 +1,4 @@
-"""The output lock (curation/output_lock.py) with real processes: who may take it, who may take it over, and
+"""The output lock (floor/output_lock.py) with real processes: who may take it, who may take it over, and
 what it leaves behind."""
 
 import json
@@ -11,12 +11,12 @@ import time
 
 import pytest
 
-from lumos.curation.errors import UserError
 from lumos.curation.job_dir import JobDir
-from lumos.curation.output_lock import LOCK_NAME, UNREADABLE_GRACE_S, OutputLock, OutputLocked, output_lock
+from lumos.floor.errors import UserError
+from lumos.floor.output_lock import LOCK_NAME, UNREADABLE_GRACE_S, OutputLock, OutputLocked, output_lock
 
 HOLD = ("import sys, time\n"
-        "from lumos.curation.output_lock import OutputLock\n"
+        "from lumos.floor.output_lock import OutputLock\n"
         "OutputLock(sys.argv[1], 'lumos-curate laion').acquire()\n"
         "print('held', flush=True)\n"
         "time.sleep(600)\n")

@@ -15,9 +15,9 @@ from PIL import Image
 
 from lumos.curation import aesthetic
 from lumos.curation.dump_job import AestheticGate
-from lumos.curation.errors import UserError
 from lumos.curation.sample import encode, synthetic_image
 from lumos.curation.scoring import add_scores
+from lumos.floor.errors import UserError
 from lumos.schemas import images as cols
 
 IMAGES = [encode(synthetic_image(96 + 7 * i, 80 + 5 * i, seed=i)) for i in range(10)]

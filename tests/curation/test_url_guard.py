@@ -14,8 +14,8 @@ import pytest
 from web_cases import GOOD, Case, write_metadata
 
 from lumos.curation.download import DownloadConfig
-from lumos.curation.errors import UserError
 from lumos.curation.sample import Route, encode, serve, synthetic_image
+from lumos.floor.errors import UserError
 from lumos.curation.url_guard import (PRIVATE_MARKER, SCHEME_MARKER, HttpUrl, RefusedAddress, UrlGuard, guarded,
                                       refusal_reason)
 from lumos.curation.web_job import WebJob, run_web_job

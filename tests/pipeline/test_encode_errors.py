@@ -7,7 +7,7 @@ import sys
 import pytest
 from test_encode_resume import _images
 
-from lumos.curation.errors import UserError
+from lumos.floor.errors import UserError
 from lumos.pipeline.encode_job import EncoderConfig, run_encode
 
 

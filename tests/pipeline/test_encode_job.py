@@ -14,11 +14,11 @@ import torch
 from PIL import Image
 
 from lumos.curation.dump_job import ScoreConfig, run_dump_job
-from lumos.curation.errors import UserError
-from lumos.curation.mix_job import run_mix
 from lumos.curation.dumps import JourneyDBReader
+from lumos.curation.mix_job import run_mix
 from lumos.curation.prepare import PrepareConfig
 from lumos.curation.sample import encode, synthetic_image
+from lumos.floor.errors import UserError
 from lumos.pipeline.encode_job import EncoderConfig, check_unique_ids, run_encode, stats_file
 from lumos.pipeline.encoders.t5 import T5_XXL
 from lumos.schemas import features

@@ -12,8 +12,8 @@ import time
 import lance
 import pyarrow as pa
 
-from lumos.curation.output_lock import LOCK_NAME
 from lumos.curation.sample import encode, synthetic_image
+from lumos.floor.output_lock import LOCK_NAME
 from lumos.pipeline.encode_job import EncoderConfig, run_encode
 from lumos.schemas import features
 from lumos.schemas import images as cols

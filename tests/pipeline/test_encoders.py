@@ -9,7 +9,7 @@ from test_encode_errors import _encode
 from test_encode_job import _batch, _run_encoder
 from test_encode_resume import _images
 
-from lumos.curation.errors import UserError
+from lumos.floor.errors import UserError
 from lumos.pipeline.encode_job import EncoderConfig, run_encode
 from lumos.pipeline.encoders.vision import TOP_K
 from lumos.schemas import features

@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from lumos.curation.errors import UserError
+from lumos.floor.errors import UserError
 from lumos.trainer import checkpoint as ckpt
 from lumos.trainer.train import TrainConfig, run_training
 

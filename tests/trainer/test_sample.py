@@ -111,7 +111,7 @@ def test_encoders_not_available_fail_in_one_line(sample_runs, tmp_path):
 
 
 def test_lumos_train_sample_every_writes_grids_of_held_back_rows(feature_table, tmp_path):
-    from lumos.curation.errors import UserError
+    from lumos.floor.errors import UserError
     from lumos.trainer.train import TrainConfig, run_training
 
     run = tmp_path / "run"

@@ -14,7 +14,7 @@ import pytest
 import torch
 from train_cases import ROWS
 
-from lumos.curation.errors import UserError
+from lumos.floor.errors import UserError
 from lumos.pipeline.encode_job import EncoderConfig, run_encode
 from lumos.trainer import checkpoint as ckpt
 from lumos.trainer.train import TrainConfig, run_training

@@ -10,7 +10,7 @@ import subprocess
 import sys
 import time
 
-from lumos.curation.output_lock import LOCK_NAME, output_lock
+from lumos.floor.output_lock import LOCK_NAME, output_lock
 from lumos.trainer import checkpoint as ckpt
 
 FLAGS = ["--model", "DiT-T/2", "--latents", "tiny-vae", "--condition", "tiny-dino", "--precision", "fp32",

@@ -4,7 +4,7 @@ anything is written (the run folder is not even created); the Python API refuses
 import pytest
 from typer.testing import CliRunner
 
-from lumos.curation.errors import UserError
+from lumos.floor.errors import UserError
 from lumos.trainer import cli, sample_cli
 from lumos.trainer.train import TrainConfig, run_training
 

@@ -22,7 +22,7 @@ import socket
 import time
 import uuid
 
-from lumos.curation.errors import UserError
+from lumos.floor.errors import UserError
 
 LOCK_NAME = ".lumos.lock"
 UNREADABLE_GRACE_S = 10.0  # a lock file still empty after this long was left by a process killed mid-create
