@@ -74,9 +74,17 @@ def stage_stats(rows: int, kept: int, dropped) -> dict:
     return {"rows": rows, "kept": kept, "dropped": dict(sorted(dropped.items()))}
 
 
+SHOWN_ARCHIVES = 10  # in the console; stats.json lists them all
+
+
 def summary(stats: dict) -> str:
     lines = [f"{stats['rows']} rows in, {stats['kept']} images kept"]
     for reason, count in sorted(stats["dropped"].items(), key=lambda kv: -kv[1]):
         lines.append(f"  dropped {count:>10}  {reason}")
+    archives = stats.get("unreadable_archives") or []
+    for item in archives[:SHOWN_ARCHIVES]:  # the user's next step: repair or re-fetch these files
+        lines.append(f"  unreadable archive: {item['path']} ({item['error']})")
+    if len(archives) > SHOWN_ARCHIVES:
+        lines.append(f"  ... and {len(archives) - SHOWN_ARCHIVES} more unreadable archives: see stats.json")
     lines.append("  " + ", ".join(f"{k} {v:.1f}s" for k, v in stats["timings"].items()))
     return "\n".join(lines)
