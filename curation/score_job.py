@@ -48,7 +48,8 @@ def _score_locked(uri: str, score: ScoreConfig, started: float, say) -> dict:
     init_ray()
     fragments = [f.fragment_id for f in table.get_fragments()]
     say(f"scoring {table.count_rows()} images in {len(fragments)} fragments with {score.model}")
-    ds = add_scores(fragment_dataset(uri, fragments), score.model, score.clip_weights, score.mlp_weights)
+    ds = add_scores(fragment_dataset(uri, table.version, fragments), score.model, score.clip_weights,
+                    score.mlp_weights)
     ds = ds.select_columns([cols.ID, cols.AESTHETIC])
     scores = pa.concat_tables(list(ds.iter_batches(batch_format="pyarrow", batch_size=None)))
     if scores.num_rows:

@@ -200,7 +200,7 @@ def _encode_one(images, input_uri, output_uri, config, encoder, provenance, plac
     if todo:
         if progress:  # ours counts rows out of the whole pipeline; Ray's per-operator bars would interleave
             ray.data.DataContext.get_current().enable_progress_bars = False
-        ds = fragment_dataset(input_uri, todo, encoder.inputs())
+        ds = fragment_dataset(input_uri, images.version, todo, encoder.inputs())
         ds = ds.map_batches(Prepare(config), batch_format="pyarrow", batch_size=placement.batch_size)
         ds = ds.map_batches(Encode, fn_constructor_kwargs={"config": config, "device": "cuda" if use_gpu else "cpu"},
                             batch_format="pyarrow", batch_size=placement.batch_size,
