@@ -3,8 +3,14 @@
 Column names, with `name` the encoder name with `-` → `_`:
     `{name}_mean` / `{name}_std`    VAE posterior                          fixed_size_list<halffloat>
     `{name}_cls`, `{name}_tokens`   image encoders: CLS, token set          fixed_size_list<halffloat>
-    `{name}_tokens` / `{name}_len`  text encoders: the valid tokens only    list<halffloat> (len × D), int32
+    `{name}_ok`                     image encoders: the row's features are there   bool
+    `{name}_tokens` / `{name}_len`  text encoders: the valid tokens only    large_list<halffloat> (len × D), int32
     `{name}_long_tokens` / `{name}_long_len`   the same for the long caption
+
+What a row can be trained on is known from the small columns alone (the trainer never reads a payload to
+find out): `{name}_ok` is true where the image encoded, false where it did not (failed_to_decode); a length
+is > 0 where tokens are stored, 0 where the encoder's output was not finite (nothing stored), null where the
+row has no such caption. Every column is null in a fragment the encoder has not reached yet.
 Fixed-size tensors are `fixed_size_list<halffloat>`, which `lance.torch` reads outside Ray; each field's
 metadata holds its shape (-1: the length varies by row). The table metadata holds one provenance record per
 encoder. There is one row per image id; a row an encoder could not encode (an image that does not decode,
@@ -20,15 +26,18 @@ import pyarrow as pa
 
 from lumos.schemas.images import ID
 
-SHARD = "shard"  # staging only: the images-table fragment a row came from, the unit of resume
-PIXELS = "encoder_pixels"  # in flight only: preprocessed pixels, float32, flattened
-# in flight only: what a write task tells the driver about a part of a shard it wrote
-STAGED_ROWS, STAGED_FRAGMENTS, STAGED_TALLY = "staged_rows", "staged_fragments", "staged_tally"
+SHARD = "shard"  # in flight only: the images-table fragment a row came from, the unit of work and resume
+ROW = "encoder_row"  # in flight only: the row's offset in that fragment (puts a fragment's rows back in order)
+# in flight only: what a write task tells the driver about a part of a fragment it wrote
+PART_ROWS, PART_PATH = "part_rows", "part_path"
 FIELD_SHAPE = "lumos.shape"
 # Lance file format of the features table: 2.1 takes random rows ~1.3-1.6x faster than 2.0 (the trainer's
 # shuffled reads), measured with bench/train_loader.py's rows on pylance 14.
 STORAGE_VERSION = "2.1"
 META_ENCODER = "lumos.encoder."  # + encoder name: its provenance record (JSON)
+# Which images-table fragment each features fragment follows (JSON: images version, runs of
+# [features fragment id, images fragment id, count] for consecutive ids); see pipeline/feature_layout.py.
+META_LAYOUT = "lumos.layout"
 
 
 def prefix(encoder: str) -> str:
@@ -51,6 +60,11 @@ def tokens_column(encoder: str) -> str:
     return f"{prefix(encoder)}_tokens"
 
 
+def ok_column(encoder: str) -> str:
+    """Image encoders: true where the row's features are stored (see the module doc)."""
+    return f"{prefix(encoder)}_ok"
+
+
 def len_column(encoder: str) -> str:
     return f"{prefix(encoder)}_len"
 
@@ -63,9 +77,19 @@ def long_len_column(encoder: str) -> str:
     return f"{prefix(encoder)}_long_len"
 
 
-def token_ids_column(caption_column: str) -> str:
-    """In flight only: a caption's token ids, padded."""
-    return f"encoder_ids_{caption_column}"
+def pixels_column(encoder: str) -> str:
+    """In flight only: an image encoder's preprocessed pixels, float32, flattened."""
+    return f"encoder_pixels_{prefix(encoder)}"
+
+
+def token_ids_column(encoder: str, caption_column: str) -> str:
+    """In flight only: a caption's token ids for one text encoder, padded."""
+    return f"encoder_ids_{prefix(encoder)}_{caption_column}"
+
+
+def token_count_column(encoder: str, caption_column: str) -> str:
+    """In flight only: how many of those ids are valid (null: no caption)."""
+    return f"encoder_count_{prefix(encoder)}_{caption_column}"
 
 
 def tensor_field(name: str, shape: tuple[int, ...]) -> pa.Field:
@@ -73,8 +97,13 @@ def tensor_field(name: str, shape: tuple[int, ...]) -> pa.Field:
 
 
 def token_list_field(name: str, dim: int) -> pa.Field:
-    """A variable number of `dim`-vectors a row, flattened: list<halffloat> of length n × dim."""
-    return pa.field(name, pa.list_(pa.float16()), metadata={FIELD_SHAPE: json.dumps([-1, dim])})
+    """A variable number of `dim`-vectors a row, flattened: large_list<halffloat> of length n × dim. 64-bit
+    offsets: 32-bit ones overflow past 2^31 values, ~4.4k T5-XXL captions of 120 tokens in one array."""
+    return pa.field(name, pa.large_list(pa.float16()), metadata={FIELD_SHAPE: json.dumps([-1, dim])})
+
+
+def ok_field(name: str) -> pa.Field:
+    return pa.field(name, pa.bool_(), metadata={FIELD_SHAPE: json.dumps([])})
 
 
 def length_field(name: str) -> pa.Field:
@@ -97,6 +126,6 @@ def provenance_of(metadata: dict | None, encoder: str) -> dict | None:
     return json.loads(raw) if raw else None
 
 
-__all__ = ["ID", "SHARD", "PIXELS", "STAGED_ROWS", "STAGED_FRAGMENTS", "STAGED_TALLY", "prefix", "mean_column", "std_column", "cls_column", "tokens_column",
-           "len_column", "long_tokens_column", "long_len_column", "token_ids_column", "tensor_field",
+__all__ = ["ID", "SHARD", "ROW", "PART_ROWS", "PART_PATH", "META_LAYOUT", "prefix", "mean_column", "std_column", "cls_column", "tokens_column",
+           "len_column", "ok_column", "ok_field", "long_tokens_column", "long_len_column", "token_ids_column", "token_count_column", "pixels_column", "tensor_field",
            "token_list_field", "length_field", "shape_of", "str_metadata", "provenance_of"]

@@ -61,8 +61,10 @@ ENCODERS = {
     "t5-v1_1-xxl": _t5("google/t5-v1_1-xxl"),  # as official Lumos code
     # Test encoders: seeded, random, small; the same name always builds the same weights.
     "tiny-vae": lambda name, o: VaeEncoder(name, None, False, o.precision, hub_id=None, resolution=o.resolution),
+    # tiny-dino takes --resolution as its input side when that is under 224 (benchmarks at small sizes)
     "tiny-dino": lambda name, o: VitEncoder(name, None, False, o.precision, tokens=o.tokens, timm_name="tiny",
-                                            dim=64),
+                                            dim=64, image_size=min(224, o.resolution),
+                                            resize=round(min(224, o.resolution) * 256 / 224)),
     "tiny-clip": lambda name, o: ClipEncoder(name, None, False, o.precision, tokens=o.tokens, model_name="tiny",
                                              dim=64, patch_size=16),
     "tiny-t5": lambda name, o: T5Encoder(name, None, False, o.precision, hub_id=None),

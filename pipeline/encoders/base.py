@@ -1,8 +1,9 @@
 """What every frozen encoder provides to the encode job, and what image encoders share.
 
-An encoder turns a batch of images-table rows into feature columns in two steps: `prepare` on CPU (decode
-and resize images, tokenize captions) and `encode` where the model lives (an actor, a GPU when present).
-Both take and return Arrow tables that carry `id` and `shard` through.
+An encoder turns a batch of images-table rows into feature columns in two steps: `prepare` on CPU (resize
+and normalise decoded images, tokenize captions) into in-flight columns, and `encode` where the model lives
+(an actor, a GPU when present), from those columns to its feature columns. The encode job decodes each
+image once for all image encoders (`decode_images`, then each encoder's `pixels`).
 """
 
 from __future__ import annotations
@@ -50,12 +51,17 @@ class Encoder:
         """CPU stage: the input columns replaced by what the model takes (pixels, token ids)."""
         raise NotImplementedError
 
-    def encode(self, batch: pa.Table) -> pa.Table:
-        """Model stage: prepared rows → (id, shard, feature columns), null where a row has no features."""
+    def in_flight(self) -> str | list[str]:
+        """The in-flight column(s) `prepare` adds and `encode` consumes."""
         raise NotImplementedError
 
-    def tally(self, rows: pa.Table) -> dict[str, int]:
-        """Rows of an encoded batch without (some) features, per reason, for the job's stats."""
+    def encode(self, batch: pa.Table) -> dict[str, pa.Array]:
+        """Model stage: prepared rows → {feature column: array}, null where a row has no features."""
+        raise NotImplementedError
+
+    def tally(self) -> list[tuple[str, str]]:
+        """(reason, Lance filter) pairs: the rows without (some) features, counted per reason from the table's
+        small columns once a pass is done."""
         raise NotImplementedError
 
     def build(self):
@@ -119,21 +125,38 @@ class ImageEncoder(Encoder):
     def inputs(self) -> list[str]:
         return [cols.IMAGE]
 
-    def prepare(self, batch: pa.Table) -> pa.Table:
+    def in_flight(self) -> str:
+        """The in-flight column of this encoder's preprocessed pixels."""
+        return features.pixels_column(self.name)
+
+    def fields(self) -> list[pa.Field]:
+        return [*self.payload_fields(), features.ok_field(features.ok_column(self.name))]
+
+    def payload_fields(self) -> list[pa.Field]:
+        """The feature tensors it stores (the `_ok` column comes on top)."""
+        raise NotImplementedError
+
+    def pixels(self, images: list[Image.Image | None]) -> pa.ListArray:
+        """Decoded RGB images (None: did not decode) → this encoder's preprocessed pixels, flattened float32,
+        null where there is no image or preprocessing fails."""
         arrays, size = [], None
-        for data in batch[cols.IMAGE].to_pylist():
+        for image in images:
             try:
-                with Image.open(io.BytesIO(data)) as im:
-                    x = self.preprocess(im.convert("RGB"))
-                size = x.size
-                arrays.append(x.reshape(-1))
+                x = None if image is None else self.preprocess(image)
             except Exception:  # noqa: BLE001 - counted as failed_to_decode
-                arrays.append(None)
+                x = None
+            if x is not None:
+                size = x.size
+            arrays.append(None if x is None else x.reshape(-1))
         flat = [a if a is not None else np.zeros(size or 1, np.float32) for a in arrays]
         values = pa.array(np.concatenate(flat) if flat else np.zeros(0, np.float32))
         offsets = pa.array(np.concatenate([[0], np.cumsum([len(a) for a in flat])]).astype(np.int32))
-        pixels = pa.ListArray.from_arrays(offsets, values, mask=pa.array([a is None for a in arrays]))
-        return batch.drop_columns([cols.IMAGE]).append_column(features.PIXELS, pixels)
+        return pa.ListArray.from_arrays(offsets, values, mask=pa.array([a is None for a in arrays]))
+
+    def prepare(self, batch: pa.Table) -> pa.Table:
+        """Decode and preprocess for this encoder alone (the encode job decodes once for all: decode_images)."""
+        pixels = self.pixels(decode_images(batch[cols.IMAGE].to_pylist()))
+        return batch.drop_columns([cols.IMAGE]).append_column(self.in_flight(), pixels)
 
     def encode_images(self, images: list[Image.Image]) -> dict[str, np.ndarray]:
         """In-process, for samplers and evaluation: images → {column: (N, ...) fp16}, preprocessed and
@@ -144,24 +167,36 @@ class ImageEncoder(Encoder):
         with torch.inference_mode(), self.autocast():
             return self.forward(pixels.to(self.device))
 
-    def encode(self, batch: pa.Table) -> pa.Table:
+    def encode(self, batch: pa.Table) -> dict[str, pa.Array]:
         import torch
 
-        ok = pc.is_valid(batch[features.PIXELS]).to_numpy(zero_copy_only=False)
+        column = batch[self.in_flight()]
+        ok = pc.is_valid(column).to_numpy(zero_copy_only=False)
         results = {}
         if ok.any():
-            flat = batch.filter(pa.array(ok))[features.PIXELS].combine_chunks().flatten().to_numpy()
+            flat = column.filter(pa.array(ok)).combine_chunks().flatten().to_numpy()
             side = self.input_size
             pixels = torch.from_numpy(flat.reshape(-1, 3, side, side).copy())  # Arrow buffers are read-only
             with torch.inference_mode(), self.autocast():
                 results = self.forward(pixels.to(self.device))
-        out = pa.table({cols.ID: batch[cols.ID], features.SHARD: batch[features.SHARD]})
-        for f in self.fields():
-            out = out.append_column(f.name, fixed_column(results.get(f.name), ok, f.type.list_size))
+        out = {f.name: fixed_column(results.get(f.name), ok, f.type.list_size) for f in self.payload_fields()}
+        out[features.ok_column(self.name)] = pa.array(ok, pa.bool_())
         return out
 
-    def tally(self, rows: pa.Table) -> dict[str, int]:
-        return {"failed_to_decode": rows[self.fields()[0].name].null_count}
+    def tally(self) -> list[tuple[str, str]]:
+        return [("failed_to_decode", f"{features.ok_column(self.name)} = false")]
+
+
+def decode_images(blobs: list[bytes | None]) -> list[Image.Image | None]:
+    """Image bytes → RGB images, decoded once for every image encoder of the job (None: does not decode)."""
+    out = []
+    for data in blobs:
+        try:
+            with Image.open(io.BytesIO(data)) as im:
+                out.append(im.convert("RGB"))
+        except Exception:  # noqa: BLE001 - counted as failed_to_decode
+            out.append(None)
+    return out
 
 
 def fixed_column(values: np.ndarray | None, ok: np.ndarray, size: int) -> pa.FixedSizeListArray:

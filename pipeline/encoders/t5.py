@@ -91,17 +91,19 @@ class T5Encoder(Encoder):
                             torch.from_numpy(lengths.astype(np.int64)).to(self.device))
 
     def prepare(self, batch: pa.Table) -> pa.Table:
-        for caption, _, length in self.captions():
+        """Captions → in-flight token ids and counts (the caption columns stay: other encoders may read them)."""
+        for caption, _, _ in self.captions():
             texts = batch[caption].to_pylist()
             ok = np.array([bool(t and t.strip()) for t in texts])
             ids = np.zeros((len(texts), self.max_tokens), np.int32)
             lengths = np.zeros(len(texts), np.int32)
             if ok.any():
                 ids[ok], lengths[ok] = self.tokenize([t for t, good in zip(texts, ok) if good])
-            batch = batch.drop_columns([caption])
-            batch = batch.append_column(features.token_ids_column(caption), pa.FixedSizeListArray.from_arrays(
-                pa.array(ids.reshape(-1)), self.max_tokens, mask=pa.array(~ok)))
-            batch = batch.append_column(length, pa.array(lengths, pa.int32(), mask=~ok))
+            batch = batch.append_column(features.token_ids_column(self.name, caption),
+                                        pa.FixedSizeListArray.from_arrays(pa.array(ids.reshape(-1)), self.max_tokens,
+                                                                          mask=pa.array(~ok)))
+            batch = batch.append_column(features.token_count_column(self.name, caption),
+                                        pa.array(lengths, pa.int32(), mask=~ok))
         return batch
 
     # --- model ---
@@ -149,27 +151,35 @@ class T5Encoder(Encoder):
             rows.append(valid.half().cpu().numpy() if bool(torch.isfinite(valid).all()) else None)
         return rows
 
-    def encode(self, batch: pa.Table) -> pa.Table:
+    def in_flight(self) -> list[str]:
+        return [c for caption, _, _ in self.captions() for c in (features.token_ids_column(self.name, caption),
+                                                                 features.token_count_column(self.name, caption))]
+
+    def encode(self, batch: pa.Table) -> dict[str, pa.Array]:
+        """Per caption: its valid tokens and its length (null: no caption; 0: output not finite, not stored)."""
         import torch
 
-        out = pa.table({cols.ID: batch[cols.ID], features.SHARD: batch[features.SHARD]})
+        out = {}
         for caption, tokens, length in self.captions():
-            ok = pc.is_valid(batch[length]).to_numpy(zero_copy_only=False)
+            lengths = batch[features.token_count_column(self.name, caption)].combine_chunks()
+            ok = pc.is_valid(lengths).to_numpy(zero_copy_only=False)
             rows: list[np.ndarray | None] = [None] * batch.num_rows
             if ok.any():
-                ids = batch.filter(pa.array(ok))[features.token_ids_column(caption)].combine_chunks()
+                ids = batch.filter(pa.array(ok))[features.token_ids_column(self.name, caption)].combine_chunks()
                 ids = torch.from_numpy(ids.flatten().to_numpy().reshape(-1, self.max_tokens).astype(np.int64))
-                lengths = torch.from_numpy(batch.filter(pa.array(ok))[length].to_numpy().astype(np.int64))
-                for i, row in zip(np.flatnonzero(ok), self.forward(ids.to(self.device), lengths.to(self.device))):
+                valid = torch.from_numpy(lengths.filter(pa.array(ok)).to_numpy().astype(np.int64))
+                for i, row in zip(np.flatnonzero(ok), self.forward(ids.to(self.device), valid.to(self.device))):
                     rows[i] = row
-            out = out.append_column(tokens, token_lists(rows, self.dim)).append_column(length, batch[length])
+            stored = np.array([r is not None for r in rows])
+            n = np.where(stored, lengths.fill_null(0).to_numpy(zero_copy_only=False), 0).astype(np.int32)
+            out[tokens] = token_lists(rows, self.dim)
+            out[length] = pa.array(n, pa.int32(), mask=~ok)
         return out
 
-    def tally(self, rows: pa.Table) -> dict[str, int]:
-        (_, tokens, length), (_, long_tokens, long_length) = self.captions()
-        return {"no_caption": rows[length].null_count, "no_long_caption": rows[long_length].null_count,
-                "not_finite": rows[tokens].null_count - rows[length].null_count
-                + rows[long_tokens].null_count - rows[long_length].null_count}
+    def tally(self) -> list[tuple[str, str]]:
+        (_, _, length), (_, _, long_length) = self.captions()
+        return [("no_caption", f"{length} IS NULL"), ("no_long_caption", f"{long_length} IS NULL"),
+                ("not_finite", f"{length} = 0"), ("not_finite", f"{long_length} = 0")]
 
     def describe(self) -> dict:
         return {"weights": self.hub_id or "tiny-t5 (seeded random test model)",
@@ -177,9 +187,14 @@ class T5Encoder(Encoder):
                 "max_tokens": self.max_tokens, "captions": self.inputs(), "stored": "valid tokens and length"}
 
 
-def token_lists(rows: list[np.ndarray | None], dim: int) -> pa.ListArray:
-    """Per row a (len, D) fp16 array or None → list<halffloat> of len × D values, null for None."""
-    flat = [np.zeros(0, np.float16) if r is None else r.reshape(-1) for r in rows]
-    values = pa.array(np.concatenate(flat) if flat else np.zeros(0, np.float16), pa.float16())
-    offsets = pa.array(np.concatenate([[0], np.cumsum([len(f) for f in flat])]).astype(np.int32))
-    return pa.ListArray.from_arrays(offsets, values, mask=pa.array([r is None for r in rows]))
+def token_lists(rows: list[np.ndarray | None], dim: int) -> pa.LargeListArray:
+    """Per row a (len, D) fp16 array or None → large_list<halffloat> of len × D values (64-bit offsets), null
+    for None. The values are copied once, into one buffer that Arrow then wraps without a copy."""
+    sizes = np.array([0 if r is None else r.size for r in rows], np.int64)
+    offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+    values = np.empty(int(offsets[-1]), np.float16)
+    for r, start, size in zip(rows, offsets[:-1], sizes):
+        if size:
+            values[start:start + size] = np.asarray(r, np.float16).reshape(-1)
+    return pa.LargeListArray.from_arrays(pa.array(offsets), pa.array(values, pa.float16()),
+                                         mask=pa.array([r is None for r in rows]))

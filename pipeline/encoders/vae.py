@@ -33,7 +33,7 @@ class VaeEncoder(ImageEncoder):
     def input_size(self) -> int:
         return self.resolution
 
-    def fields(self) -> list[pa.Field]:
+    def payload_fields(self) -> list[pa.Field]:
         shape = (4, self.resolution // 8, self.resolution // 8)
         return [features.tensor_field(features.mean_column(self.name), shape),
                 features.tensor_field(features.std_column(self.name), shape)]

@@ -51,7 +51,7 @@ class VisionEncoder(ImageEncoder):
         count = {"cls": None, "patch": self.num_patches, "all": 1 + self.num_patches, "top119": 1 + TOP_K}
         return None if count[self.tokens] is None else (count[self.tokens], self.dim)
 
-    def fields(self) -> list[pa.Field]:
+    def payload_fields(self) -> list[pa.Field]:
         out = [features.tensor_field(features.cls_column(self.name), (self.dim,))]
         if self.token_shape():
             out.append(features.tensor_field(features.tokens_column(self.name), self.token_shape()))

@@ -28,7 +28,8 @@ class VitEncoder(VisionEncoder):
 
         if self.timm_name == "tiny":
             torch.manual_seed(0)
-            return timm.create_model("vit_base_patch16_224", pretrained=False, num_classes=0, **TINY_VIT)
+            return timm.create_model("vit_base_patch16_224", pretrained=False, num_classes=0,
+                                     img_size=self.image_size, **TINY_VIT)
         if self.random_weights:
             return timm.create_model(self.timm_name, pretrained=False, num_classes=0, **self.timm_kwargs)
         try:

@@ -1,6 +1,7 @@
 """The encoders themselves, on the real libraries: the paper's token sets against the models' own attention,
 the MoCo v3 checkpoint loader, T5's NaN check, a corrupt image counted by the job, and one-line refusals."""
 
+import lance
 import numpy as np
 import pyarrow as pa
 import pytest
@@ -68,7 +69,7 @@ def test_token_sets_match_the_models_own_attention(name, reference):
         chosen = np.sort(np.argsort(-attention[i].numpy(), kind="stable")[:TOP_K]) + 1
         assert close(top[i], tokens[i, np.concatenate([[0], chosen])])
         assert not close(top[i], tokens[i, :1 + TOP_K])  # the choice is not simply the first patches
-    assert [f.name for f in encoders["top119"].fields()] == [cls, tok]
+    assert [f.name for f in encoders["top119"].fields()] == [cls, tok, features.ok_column(name)]
     assert features.shape_of(encoders["top119"].fields()[1]) == (1 + TOP_K, dim)
 
 
@@ -96,14 +97,20 @@ def test_mocov3_loads_the_released_checkpoint_layout(tmp_path):
         EncoderConfig("mocov3-b", weights=str(tmp_path / "other.pth")).build().check()
 
 
-def test_t5_rows_that_are_not_finite_are_nulled_and_counted():
+def test_t5_rows_that_are_not_finite_are_nulled_and_counted(tmp_path):
     encoder = EncoderConfig("tiny-t5").build().load()
     with torch.no_grad():
         encoder.model.encoder.final_layer_norm.weight[0] = float("nan")
     out = _run_encoder(encoder, _batch(3))
     assert out[features.tokens_column("tiny-t5")].null_count == 3  # never stored
-    assert out[features.len_column("tiny-t5")].null_count == 0
-    assert encoder.tally(out) == {"no_caption": 0, "no_long_caption": 2, "not_finite": 4}
+    assert out[features.len_column("tiny-t5")].to_pylist() == [0, 0, 0]  # 0: not finite (null: no caption)
+    assert out[features.long_len_column("tiny-t5")].to_pylist() == [0, None, None]
+    table = out.select([features.len_column("tiny-t5"), features.long_len_column("tiny-t5")])
+    ds = lance.write_dataset(table, str(tmp_path / "t.lance"))  # the job counts reasons with these filters
+    counts = {}
+    for reason, where in encoder.tally():
+        counts[reason] = counts.get(reason, 0) + ds.count_rows(filter=where)
+    assert counts == {"no_caption": 0, "no_long_caption": 2, "not_finite": 4}
 
 
 def test_an_image_that_does_not_decode_is_counted_not_fatal(tmp_path, ray_session):
@@ -111,11 +118,11 @@ def test_an_image_that_does_not_decode_is_counted_not_fatal(tmp_path, ray_sessio
     out = str(tmp_path / "f.lance")
     stats = run_encode(images, out, [EncoderConfig("tiny-dino")], say=lambda *_: None)
     assert stats["encoders"]["tiny-dino"]["failed_to_decode"] == 1
-    import lance
 
     table = lance.dataset(out).to_table().sort_by("id")
     assert table.num_rows == 8  # one row per image id; the broken one holds nulls
     assert [v is None for v in table[features.cls_column("tiny-dino")].to_pylist()] == [i == 3 for i in range(8)]
+    assert table[features.ok_column("tiny-dino")].to_pylist() == [i != 3 for i in range(8)]
 
 
 def test_missing_t5_weights_name_them_in_one_line(tmp_path):
@@ -135,5 +142,33 @@ def test_token_lists_keep_nulls_and_lengths():
 
     rows = [np.ones((2, 3), np.float16), None, np.zeros((1, 3), np.float16)]
     column = token_lists(rows, 3)
-    assert column.type == pa.list_(pa.float16())
+    assert column.type == pa.large_list(pa.float16())  # 64-bit offsets
     assert column.to_pylist() == [[1.0] * 6, None, [0.0] * 3]
+
+
+def test_a_t5_token_column_past_2_31_values_in_one_fragment(tmp_path):
+    """The offset, not the width, overflows 32-bit lists: 2^31 + 2^20 fp16 values at width 2 (T5-XXL's 4096
+    reaches it at ~4.4k captions of 120 tokens) go into one large_list column and one Lance fragment, written
+    in batches as the encode job's finalize writes, and read back whole at both ends."""
+    from lance.fragment import write_fragments
+
+    from lumos.pipeline.encode_stages import WRITE_ROWS
+    from lumos.pipeline.encoders.t5 import token_lists
+
+    dim, tokens = 2, 2 ** 19  # 2^20 values a row
+    count = 2 ** 31 // (dim * tokens) + 1
+    rows = [np.broadcast_to(np.float16(i % 1000), (tokens, dim)) for i in range(count)]  # no memory a row
+    column = token_lists(rows, dim)
+    assert len(column.values) == 2 ** 31 + 2 ** 20 and column.offsets.type == pa.int64()
+    schema = pa.schema([features.token_list_field("t5_tokens", dim)])
+    table = pa.table({"t5_tokens": column}, schema=schema)
+    del column
+    batches = pa.RecordBatchReader.from_batches(schema, table.to_batches(max_chunksize=WRITE_ROWS))
+    written = write_fragments(batches, str(tmp_path / "t.lance"), schema=schema, max_rows_per_file=count + 1,
+                              data_storage_version=features.STORAGE_VERSION)
+    del table, batches
+    assert len(written) == 1 and written[0].physical_rows == count
+    ds = lance.LanceDataset.commit(str(tmp_path / "t.lance"), lance.LanceOperation.Overwrite(schema, written))
+    for i in (0, count - 2, count - 1):  # the last row's values start past 2^31
+        values = ds.take([i], columns=["t5_tokens"])["t5_tokens"][0].values.to_numpy()
+        assert values.shape == (tokens * dim,) and (values == i % 1000).all()
