@@ -29,6 +29,9 @@ def i2i_features_table(path: str, rows: int, chunk: int = 4096) -> str:
             n = min(chunk, rows - start)
             columns = [pa.array([f"{i:012d}" for i in range(start, start + n)])]
             for f in fields:
+                if pa.types.is_boolean(f.type):  # `_ok`: every row encoded
+                    columns.append(pa.array(np.ones(n, bool)))
+                    continue
                 values = rng.standard_normal(n * f.type.list_size, dtype=np.float32).astype(np.float16)
                 if f.name.endswith("_std"):
                     values = np.abs(values) * np.float16(0.05)

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import pyarrow as pa
 
 from lumos.schemas import images as cols
-from lumos.schemas.features import SHARD
+from lumos.schemas.features import ROW, SHARD
 
 ROWS_PER_BLOCK = 64
 
@@ -29,7 +29,8 @@ def open_version(uri: str, version: int):
 
 @dataclass
 class ReadFragments:
-    """Ray stage: fragment ids in, blocks of (id, shard, *columns) out."""
+    """Ray stage: fragment ids in, blocks of (id, shard, row, *columns) out; `row` is the row's offset in its
+    fragment, so that rows can be put back in fragment order after an unordered pipeline."""
 
     uri: str
     version: int
@@ -42,7 +43,8 @@ class ReadFragments:
             rows = ds.get_fragment(fragment_id).to_table(columns=[cols.ID, *plain], with_row_address=True)
             for start in range(0, rows.num_rows, ROWS_PER_BLOCK):
                 part = rows.slice(start, ROWS_PER_BLOCK)
-                out = {cols.ID: part[cols.ID], SHARD: pa.array([fragment_id] * part.num_rows, pa.int64())}
+                out = {cols.ID: part[cols.ID], SHARD: pa.array([fragment_id] * part.num_rows, pa.int64()),
+                       ROW: pa.array(range(start, start + part.num_rows), pa.int32())}
                 for name in self.columns:
                     if name == cols.IMAGE:
                         blobs = ds.take_blobs(cols.IMAGE, addresses=part["_rowaddr"].to_pylist())
@@ -53,8 +55,8 @@ class ReadFragments:
 
 
 def fragment_dataset(uri: str, version: int, fragments: list[int], columns: list[str] | None = None):
-    """A Ray dataset of the rows of the given fragments of the table at `version` (id, shard, `columns`), one
-    read task per fragment."""
+    """A Ray dataset of the rows of the given fragments of the table at `version` (id, shard, row, `columns`),
+    one read task per fragment."""
     import ray
 
     ds = ray.data.from_items([{SHARD: f} for f in fragments], override_num_blocks=max(len(fragments), 1))

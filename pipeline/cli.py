@@ -39,9 +39,14 @@ def encode(
                                "more, as the paper's model), patch, all (CLS + patches), top119 (CLS + the 119 "
                                "patches the CLS attends to most). Other encoders ignore it."),
     gpus_per_actor: float = typer.Option(1.0, help="GPUs each encoder actor takes; below 1 packs several actors "
-                                         "on one GPU (e.g. 0.5 for dino-b)."),
+                                         "on one GPU (e.g. 0.5 for dino-b). The cluster's GPUs are split evenly "
+                                         "between the encoders of one command, each with its own actors."),
+    commit_every: float = typer.Option(300.0, help="Seconds between commits of finished fragments: what a "
+                                       "killed run can lose (each commit is a Lance version, cleaned at the end)."),
 ):
-    """Encode every image once per encoder; re-running is a no-op, a killed run resumes by shard."""
+    """Encode every image with each encoder, reading and decoding each image once for all of them. Features
+    follow the images table's fragments; re-running is a no-op, a killed run resumes by fragment, a grown
+    images table gets its new fragments encoded."""
     from lumos.pipeline.encode_job import EncoderConfig, run_encode
 
     try:
@@ -49,7 +54,7 @@ def encode(
             raise UserError(f"--device {device}: expected auto, cuda or cpu")
         if weights and len(encoder) > 1:
             raise UserError("--weights applies to one encoder: run the encoders one at a time")
-        encode_options(resolution, batch_size, gpus_per_actor)  # impossible values: one line, nothing written
+        encode_options(resolution, batch_size, gpus_per_actor, commit_every)  # impossible values: one line, nothing written
         for name in encoder:
             if name not in ENCODERS:
                 raise UserError(f"unknown encoder {name!r}; choose from {', '.join(ENCODERS)}")
@@ -57,7 +62,7 @@ def encode(
         for c in configs:
             c.build()  # an unknown name or option fails here
         stats = run_encode(input, output, configs, device, batch_size, gpus_per_actor, say=err_console.print,
-                           progress=True)
+                           progress=True, commit_every=commit_every)
     except UserError as err:
         err_console.print(f"[red]error:[/red] {err}", highlight=False, soft_wrap=True)
         raise typer.Exit(2) from None

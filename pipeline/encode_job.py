@@ -1,77 +1,40 @@
 """`lumos-encode`: run frozen encoders once over an images table, into feature columns of a Lance table.
 
-    fragments of images.lance → read + decode/tokenize (CPU tasks) → encoder (actor pool, GPUs when present)
-    → data files of OUT/_staging/<encoder>.lance written by tasks; the driver commits a shard's files in
-    one commit once all its rows are written → when every shard is in: the columns merged into OUT
-
-A shard is one fragment of the images table. A killed run loses only the shards in flight: a re-run skips
-the shards already committed to the staging table, so no id is written twice. An encoder whose columns are
-already in the features table with the same provenance is skipped; adding an encoder merges new columns
-by `id`, without touching (or copying) the columns already there.
+The features table follows the images table fragment for fragment (pipeline/feature_layout.py). One command
+is one pass over the fragments some of its encoders have not reached, with every encoder of the command at
+once (pipeline/encode_stages.py): each image is read and decoded once, each encoder has its own actor pool,
+and each fragment gets one new data file, written by a worker. The driver only grafts those files onto the
+fragments' metadata, in one commit every `commit_every` seconds and at the end, so a killed run loses the
+work since its last commit and a re-run skips every fragment already committed. Adding an encoder later
+writes its columns only: no existing data file is read back, rewritten or copied. When the images table has
+grown, a re-run encodes the new fragments only.
 
 The run holds OUT/.lumos.lock throughout (floor/output_lock.py): a second run on the same output fails at
-once, and the next holder clears what a killed run left uncommitted. An images table that repeats an id is
-refused (see check_unique_ids).
+once. An images table that repeats an id is refused (see check_unique_ids).
 """
 
 from __future__ import annotations
 
-import json
 import os
-import shutil
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from lumos.floor import fs
 from lumos.floor.errors import UserError
 from lumos.floor.fragment_reader import fragment_dataset
-from lumos.floor.lance_io import open_images_table, table_exists, write_json
+from lumos.floor.lance_io import open_images_table, table_exists
 from lumos.floor.output_lock import output_lock
 from lumos.floor.ray_runtime import describe_cluster, init_ray
+from lumos.pipeline import feature_layout as layout
+from lumos.pipeline.encode_stages import Encode, Prepare, WriteParts, finalize_fragment
 from lumos.pipeline.encoders import EncoderConfig
 from lumos.schemas import features
 from lumos.schemas import images as cols
 
-
-_BUILT: dict[EncoderConfig, object] = {}  # per worker process: a task stage is unpickled afresh for each task
-
-
-def _built(config: EncoderConfig):
-    """The encoder object (its tokenizer, once loaded, included) for CPU stages, once per worker process."""
-    if config not in _BUILT:
-        _BUILT[config] = config.build()
-    return _BUILT[config]
-
-
-@dataclass
-class Prepare:
-    """CPU stage: decode and resize images, or tokenize captions (null where a row cannot be prepared)."""
-
-    config: EncoderConfig
-
-    def __call__(self, batch: pa.Table) -> pa.Table:
-        return _built(self.config).prepare(batch)
-
-
-@dataclass
-class Encode:
-    """Actor stage: the encoder is loaded once per actor; prepared rows in, fp16 feature columns out."""
-
-    config: EncoderConfig
-    device: str = "cpu"
-    encoder: object = field(default=None, init=False, repr=False)
-
-    def __post_init__(self):
-        self.encoder = self.config.build().load(self.device)
-
-    def __call__(self, batch: pa.Table) -> pa.Table:
-        import torch
-
-        if self.device == "cpu":  # the model is the bottleneck: every core of the node (see scoring.py)
-            torch.set_num_threads(len(os.sched_getaffinity(0)))
-        return self.encoder.encode(batch)
+COMMIT_EVERY = 300.0  # seconds between commits of finished fragments: what a killed run can lose
 
 
 @dataclass(frozen=True)
@@ -84,42 +47,187 @@ class Placement:
 
 
 def run_encode(input_uri: str, output_uri: str, encoders: list[EncoderConfig], device: str = "auto",
-               batch_size: int = 32, gpus_per_actor: float = 1.0, say=print, progress: bool = False) -> dict:
-    """Encode every row of `input_uri` with each encoder not already in `output_uri`; returns stats."""
+               batch_size: int = 32, gpus_per_actor: float = 1.0, say=print, progress: bool = False,
+               commit_every: float = COMMIT_EVERY) -> dict:
+    """Encode every row of `input_uri` with each encoder, where the features table lacks it; returns stats."""
     placement = Placement(device, batch_size, gpus_per_actor)
     images = open_images_table(input_uri, "--input")
-    started, stats = time.monotonic(), {}
+    started = time.monotonic()
     with output_lock(output_uri, "lumos-encode"):  # one writer, from the first check of the output to the end
-        todo = []
+        chosen, seen = [], set()
         for config in encoders:
-            encoder = config.build()
-            provenance = {**encoder.provenance(), "images": os.path.abspath(input_uri)}
-            existing = _existing_provenance(output_uri, config.name)
-            if (existing is not None and _same(existing, provenance)) or any(c.name == config.name for c, *_ in todo):
-                say(f"{config.name}: already in {output_uri}, nothing to do")
+            if config.name in seen:
                 continue
-            if existing is not None:
+            seen.add(config.name)
+            encoder = config.build()
+            provenance = {**encoder.provenance(), "images": _images_path(input_uri)}
+            existing = _existing_provenance(output_uri, config.name)
+            if existing is not None and not _same(existing, provenance):
                 differs = sorted(k for k in set(existing) | set(provenance)
                                  if k not in UNCOMPARED and existing.get(k) != provenance.get(k))
                 raise UserError(f"{output_uri} already holds {config.name} features made differently (differs in: "
                                 f"{', '.join(differs)}); write to another --output")
             encoder.check()  # missing weights fail here, in one line, before any work starts
-            todo.append((config, encoder, provenance))
-        if todo:
-            init_ray()
-            say(describe_cluster())
-            check_unique_ids(images, input_uri)
-        for config, encoder, provenance in todo:
-            stats[config.name] = _encode_one(images, input_uri, output_uri, config, encoder, provenance, placement,
-                                             say, progress)
-        if stats and "://" not in output_uri:
-            stats_path = stats_file(output_uri)
-            previous = {}
-            if os.path.exists(stats_path):
-                with open(stats_path) as f:
-                    previous = json.load(f)
-            write_json(stats_path, {**previous, **stats})
+            chosen.append((config, encoder, provenance))
+        if _nothing_to_do(images, output_uri, [e for _, e, _ in chosen]):
+            for config, *_ in chosen:
+                say(f"{config.name}: already in {output_uri}, nothing to do")
+            return {"encoders": {}, "total_s": round(time.monotonic() - started, 3)}
+        init_ray()
+        say(describe_cluster())
+        check_unique_ids(images, input_uri)
+        if table_exists(output_uri):
+            layout.tag_reading_version(output_uri)
+            layout.clean_versions(output_uri, unverified=True)  # what a killed run wrote and never committed
+        staging = fs.join(output_uri, "_staging")
+        fs.remove_tree(staging)
+        ds, followed = layout.follow_images(images, input_uri, output_uri, say)
+        metadata = {features.META_ENCODER + c.name: _json(p) for c, _, p in chosen}
+        ds = layout.add_fields(output_uri, [f for _, e, _ in chosen for f in e.fields()], metadata)
+        todo: dict[frozenset, list[int]] = {}  # encoders missing → fragments: one pass per distinct set
+        missing = {c.name: set(layout.missing_fragments(ds, _done_column(e))) for c, e, _ in chosen}
+        for fragment in (f.fragment_id for f in ds.get_fragments()):
+            names = frozenset(n for n, frags in missing.items() if fragment in frags)
+            if names:
+                todo.setdefault(names, []).append(fragment)
+        rows = {f.fragment_id: f.metadata.physical_rows for f in ds.get_fragments()}
+        encoded = 0
+        for names, fragments in sorted(todo.items(), key=lambda kv: sorted(kv[0])):
+            configs = [c for c, _, _ in chosen if c.name in names]
+            encoded += _encode_pass(input_uri, images.version, output_uri, configs, fragments, followed, rows,
+                                    staging, placement, say, progress, commit_every)
+        ran = [e for c, e, _ in chosen if any(c.name in names for names in todo)]
+        for config, *_ in chosen:
+            if config.name not in {e.name for e in ran}:
+                say(f"{config.name}: already in {output_uri}, nothing to do")
+        fs.remove_tree(staging)
+        layout.clean_versions(output_uri)
+        stats = _stats(output_uri, ran, encoded, time.monotonic() - started, say)
+        previous = fs.read_json(stats_file(output_uri)) if fs.exists(stats_file(output_uri)) else {}
+        fs.write_json(stats_file(output_uri), {**previous, **stats})
     return {"encoders": stats, "total_s": round(time.monotonic() - started, 3)}
+
+
+def _nothing_to_do(images, output_uri: str, encoders) -> bool:
+    """Every non-empty images fragment is followed and every encoder has reached every fragment (fragment
+    metadata only): a finished run re-run starts nothing and writes nothing."""
+    import lance
+
+    if not table_exists(output_uri):
+        return False
+    ds = lance.dataset(output_uri)
+    current = layout.read_layout(ds)
+    if current is None:
+        return False
+    followed = set(layout.decode_runs(current["runs"]).values())
+    if any(layout.fragment_rows(f) and f.fragment_id not in followed for f in images.get_fragments()):
+        return False
+    return all(_done_column(e) in ds.schema.names and not layout.missing_fragments(ds, _done_column(e))
+               for e in encoders)
+
+
+def _json(obj) -> str:
+    import json
+
+    return json.dumps(obj, sort_keys=True)
+
+
+def _images_path(uri: str) -> str:
+    return uri if "://" in uri else os.path.abspath(uri)
+
+
+def _done_column(encoder) -> str:
+    """The column whose data file in a fragment says the encoder has been there: its first validity column."""
+    validity = [f.name for f in encoder.fields() if pa.types.is_boolean(f.type) or pa.types.is_int32(f.type)]
+    return validity[0]
+
+
+def _stats(output_uri: str, encoders, encoded: int, seconds: float, say) -> dict:
+    """Per encoder: rows, rows encoded by this run, and rows without features per reason, counted by Lance
+    from the small validity columns (never the payload)."""
+    import lance
+
+    ds = lance.dataset(output_uri)
+    total, out = ds.count_rows(), {}
+    for encoder in encoders:
+        counts: dict[str, int] = {}
+        for reason, where in encoder.tally():
+            counts[reason] = counts.get(reason, 0) + ds.count_rows(filter=where)
+        for reason, n in counts.items():
+            if n:
+                say(f"{encoder.name}: {n} rows without features: {reason}")
+        out[encoder.name] = {"rows": total, "encoded_now": encoded, **counts, "seconds": round(seconds, 3)}
+    return out
+
+
+def _gpu_split(placement: Placement, gpus: float, encoders: int) -> tuple[bool, int, float]:
+    """(use GPUs, actors per encoder, GPUs per actor): the cluster's GPUs split evenly between the encoders of
+    one pass, each with its own pool (1 GPU, 2 encoders: one actor each on half the GPU)."""
+    use_gpu = placement.device == "cuda" or (placement.device == "auto" and gpus > 0)
+    if not use_gpu:
+        return False, 1, 0.0
+    share = max(gpus, 1) / encoders
+    return True, max(int(share // placement.gpus_per_actor), 1), min(placement.gpus_per_actor, share)
+
+
+def _encode_pass(input_uri, images_version, output_uri, configs, fragments, followed, rows, staging,
+                 placement: Placement, say, progress: bool, commit_every: float) -> int:
+    """Encode `fragments` of the features table with `configs`; returns the rows encoded."""
+    import lance
+    import ray
+    from ray.data import ActorPoolStrategy
+    from tqdm import tqdm
+
+    names = ", ".join(c.name for c in configs)
+    total = sum(rows[f] for f in fragments)
+    say(f"{names}: {total} rows in {len(fragments)} fragments to encode")
+    version = lance.dataset(output_uri).version  # the workers' view: every data file is written against it
+    target = {followed[f]: f for f in fragments}  # images fragment → features fragment (O(fragments))
+    expected = {followed[f]: rows[f] for f in fragments}
+    use_gpu, actors, gpus = _gpu_split(placement, ray.cluster_resources().get("GPU", 0), len(configs))
+    if progress:  # ours counts rows out of the whole pipeline; Ray's per-operator bars would interleave
+        ray.data.DataContext.get_current().enable_progress_bars = False
+    inputs = sorted({c for config in configs for c in config.build().inputs()})
+    ds = fragment_dataset(input_uri, images_version, list(target), inputs)
+    ds = ds.map_batches(Prepare(configs), batch_format="pyarrow", batch_size=placement.batch_size)
+    for config in configs:
+        ds = ds.map_batches(Encode, fn_constructor_kwargs={"config": config, "device": "cuda" if use_gpu else "cpu"},
+                            batch_format="pyarrow", batch_size=placement.batch_size,
+                            compute=ActorPoolStrategy(size=actors), num_gpus=gpus if use_gpu else 0,
+                            # on CPU no core is reserved for an actor: a node whose cores all went to actors
+                            # (or half of one to each of two) could run no read task, and the actors would wait
+                            num_cpus=1 if use_gpu else 0)
+    ds = ds.map_batches(WriteParts(staging, configs), batch_format="pyarrow", batch_size=None)
+    finalize = ray.remote(finalize_fragment)
+    parts: dict[int, list] = {}  # images fragment → [rows so far, part paths], fragments in flight only
+    running, written, last_commit = [], {}, time.monotonic()
+
+    def collect(block: bool) -> None:
+        nonlocal running, last_commit
+        if running:
+            ready, running = ray.wait(running, num_returns=len(running) if block else 1, timeout=None if block else 0)
+            for fragment, files in ray.get(ready):
+                written[fragment] = files
+        if written and (block or time.monotonic() - last_commit > commit_every):
+            layout.graft(output_uri, written)  # one commit: these fragments are in
+            written.clear()
+            last_commit = time.monotonic()
+
+    with tqdm(total=total, unit="row", desc=names, disable=not progress, dynamic_ncols=True) as bar:
+        for part in ds.iter_rows():  # small rows: the feature bytes never pass through this process
+            shard = part[features.SHARD]
+            bar.update(part[features.PART_ROWS])
+            entry = parts.setdefault(shard, [0, []])
+            entry[0] += part[features.PART_ROWS]
+            entry[1].append(part[features.PART_PATH])
+            if entry[0] == expected[shard]:
+                running.append(finalize.remote(output_uri, version, target[shard], entry[1], configs))
+                del parts[shard]
+            collect(block=False)
+        collect(block=True)
+    if parts:
+        raise RuntimeError(f"{len(parts)} fragments were not encoded whole")
+    return total
 
 
 IDS_PER_PARTITION = 2_000_000  # ids per aggregator of the repeated-id check's groupby
@@ -173,139 +281,3 @@ def _existing_provenance(output_uri: str, name: str) -> dict | None:
     if not table_exists(output_uri):
         return None
     return features.provenance_of(features.str_metadata(lance.dataset(output_uri).schema.metadata), name)
-
-
-def _encode_one(images, input_uri, output_uri, config, encoder, provenance, placement: Placement, say,
-                progress: bool) -> dict:
-    import lance
-    import ray
-    from ray.data import ActorPoolStrategy
-    from tqdm import tqdm
-
-    staging = os.path.join(output_uri, "_staging", f"{features.prefix(config.name)}.lance")
-    _clear_staging_leftovers(staging)
-    expected = {f.fragment_id: n for f in images.get_fragments() if (n := f.count_rows())}  # empty: nothing to do
-    done = set()
-    if table_exists(staging):
-        done = set(pc.unique(lance.dataset(staging).to_table(columns=[features.SHARD])[features.SHARD]).to_pylist())
-    todo = [s for s in expected if s not in done]
-    total = sum(expected[s] for s in todo)
-    say(f"{config.name}: {total} rows in {len(todo)} shards to encode ({len(done)} shards already done)")
-    gpus = ray.cluster_resources().get("GPU", 0)
-    use_gpu = placement.device == "cuda" or (placement.device == "auto" and gpus > 0)
-    actors = max(int(gpus // placement.gpus_per_actor), 1) if use_gpu else 1
-    tallies = staging[: -len(".lance")] + ".tally"  # per shard: rows without features, per reason
-    os.makedirs(tallies, exist_ok=True)
-    started = time.monotonic()
-    if todo:
-        if progress:  # ours counts rows out of the whole pipeline; Ray's per-operator bars would interleave
-            ray.data.DataContext.get_current().enable_progress_bars = False
-        ds = fragment_dataset(input_uri, images.version, todo, encoder.inputs())
-        ds = ds.map_batches(Prepare(config), batch_format="pyarrow", batch_size=placement.batch_size)
-        ds = ds.map_batches(Encode, fn_constructor_kwargs={"config": config, "device": "cuda" if use_gpu else "cpu"},
-                            batch_format="pyarrow", batch_size=placement.batch_size,
-                            compute=ActorPoolStrategy(size=actors),
-                            num_gpus=placement.gpus_per_actor if use_gpu else 0)
-        ds = ds.map_batches(WriteStaged(staging, config), batch_format="pyarrow", batch_size=None)
-        written: dict[int, list] = {}  # shard → [rows, fragments, tally] of its parts written so far
-        with tqdm(total=total, unit="row", desc=config.name, disable=not progress, dynamic_ncols=True) as bar:
-            for part in ds.iter_rows():  # small rows: the feature bytes never pass through this process
-                bar.update(part[features.STAGED_ROWS])
-                shard = part[features.SHARD]
-                rows, fragments, tally = written.setdefault(shard, [0, [], {}])
-                written[shard][0] = rows + part[features.STAGED_ROWS]
-                fragments.extend(json.loads(part[features.STAGED_FRAGMENTS]))
-                for reason, n in json.loads(part[features.STAGED_TALLY]).items():
-                    tally[reason] = tally.get(reason, 0) + n
-                if written[shard][0] == expected[shard]:
-                    write_json(os.path.join(tallies, f"{shard}.json"), tally)  # before the commit
-                    _commit_shard(staging, fragments, encoder)  # one commit: the shard is in
-                    del written[shard]
-    counts: dict[str, int] = {}
-    for shard in expected:  # every shard, those of a killed earlier run included
-        with open(os.path.join(tallies, f"{shard}.json")) as f:
-            for reason, n in json.load(f).items():
-                counts[reason] = counts.get(reason, 0) + n
-    _merge(staging, output_uri, encoder, provenance)
-    shutil.rmtree(tallies, ignore_errors=True)
-    for reason, n in counts.items():
-        if n:
-            say(f"{config.name}: {n} rows without features: {reason}")
-    return {"rows": sum(expected.values()), "encoded_now": total, **counts,
-            "seconds": round(time.monotonic() - started, 3)}
-
-
-def _clear_staging_leftovers(staging: str) -> None:
-    """Remove the data files a killed run wrote but never committed: we hold the output's lock, so no other run
-    is writing here and every file that no version of the staging table refers to is a leftover."""
-    import datetime
-
-    import lance
-
-    if "://" in staging or not os.path.isdir(staging):
-        return
-    if not table_exists(staging):  # killed before its first commit: nothing in it counts
-        shutil.rmtree(staging)
-        return
-    lance.dataset(staging).cleanup_old_versions(older_than=datetime.timedelta(0), delete_unverified=True)
-
-
-@dataclass
-class WriteStaged:
-    """Write stage: encoded rows → data files of the staging table, not yet committed, one set per shard in
-    the batch; out: one small row per shard part (rows, fragments as JSON, rows without features)."""
-
-    uri: str
-    config: EncoderConfig
-
-    def __call__(self, batch: pa.Table) -> pa.Table:
-        from lance.fragment import write_fragments
-
-        encoder = _built(self.config)
-        schema = staging_schema(encoder)
-        out = []
-        for shard in pc.unique(batch[features.SHARD]).to_pylist():
-            rows = batch.filter(pc.equal(batch[features.SHARD], shard)).select(schema.names).cast(schema)
-            fragments = write_fragments(rows, self.uri, schema=schema)
-            out.append({features.SHARD: shard, features.STAGED_ROWS: rows.num_rows,
-                        features.STAGED_FRAGMENTS: json.dumps([f.to_json() for f in fragments]),
-                        features.STAGED_TALLY: json.dumps(encoder.tally(rows))})
-        return pa.Table.from_pylist(out)
-
-
-def staging_schema(encoder) -> pa.Schema:
-    return pa.schema([pa.field(cols.ID, pa.string()), pa.field(features.SHARD, pa.int64()), *encoder.fields()])
-
-
-def _commit_shard(staging: str, fragments: list[dict], encoder) -> None:
-    import lance
-    from lance.fragment import FragmentMetadata
-
-    metadata = [FragmentMetadata.from_json(json.dumps(f)) for f in fragments]
-    if table_exists(staging):
-        lance.LanceDataset.commit(staging, lance.LanceOperation.Append(metadata),
-                                  read_version=lance.dataset(staging).version)
-    else:
-        lance.LanceDataset.commit(staging, lance.LanceOperation.Overwrite(staging_schema(encoder), metadata))
-
-
-def _merge(staging: str, output_uri: str, encoder, provenance: dict) -> None:
-    """Move the staged columns into the features table, by id, and record the encoder's provenance."""
-    import lance
-
-    names = [f.name for f in encoder.fields()]
-    staged = lance.dataset(staging).to_table(columns=[cols.ID, *names]) if table_exists(staging) else None
-    if staged is None:
-        staged = pa.Table.from_pylist([], schema=pa.schema([pa.field(cols.ID, pa.string()), *encoder.fields()]))
-    if not table_exists(output_uri):
-        ds = lance.write_dataset(staged.sort_by(cols.ID), output_uri, data_storage_version=features.STORAGE_VERSION)
-    else:
-        ds = lance.dataset(output_uri)
-        if not set(names) <= set(ds.schema.names):  # already there: a run killed before its metadata commit
-            missing = pc.invert(pc.is_in(staged[cols.ID], value_set=ds.to_table(columns=[cols.ID])[cols.ID]))
-            if pc.any(missing).as_py():
-                raise UserError(f"{output_uri} was made from other images than the table being encoded")
-            ds.merge(staged, left_on=cols.ID)
-            ds = lance.dataset(output_uri)
-    ds.update_schema_metadata({features.META_ENCODER + encoder.name: json.dumps(provenance, sort_keys=True)})
-    shutil.rmtree(staging, ignore_errors=True)

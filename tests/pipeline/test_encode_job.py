@@ -82,6 +82,12 @@ def test_encode_refuses_repeated_ids_and_trusts_the_unique_ids_marker(images_tab
     assert sorted(lance.dataset(out).to_table(columns=[cols.ID])[cols.ID].to_pylist()) == list("abcdefg")
 
 
+def _data_files(uri) -> dict[str, int]:
+    """Every data file the latest version of the table refers to: path → size."""
+    return {d.path: os.path.getsize(os.path.join(uri, "data", d.path))
+            for f in lance.dataset(uri).get_fragments() for d in f.metadata.files}
+
+
 def _columns(uri, names):
     t = lance.dataset(uri).to_table(columns=[cols.ID, *names]).sort_by(cols.ID)
     return {n: t[n] for n in [cols.ID, *names]}
@@ -134,10 +140,21 @@ def test_encoders_write_every_id_once_in_fp16_matching_a_plain_forward(images_ta
     dino = features.cls_column("tiny-dino")
     first = _columns(out, [*vae_cols, dino])
     assert first[cols.ID].to_pylist() == image_ids  # every id exactly once
+    before = _data_files(out)
+    ds = lance.dataset(out)  # fragment for fragment like the images table, one data file per pass
+    assert [f.metadata.physical_rows for f in ds.get_fragments()] == \
+        [f.count_rows() for f in lance.dataset(images_table).get_fragments() if f.count_rows()]
+    assert {len(f.metadata.files) for f in ds.get_fragments()} == {2}  # ids, then both image encoders
 
     stats = run_encode(images_table, out, [EncoderConfig("tiny-vae"), EncoderConfig("tiny-dino"),
                                            EncoderConfig("tiny-t5")], say=lambda *_: None)
     assert list(stats["encoders"]) == ["tiny-t5"]  # the image encoders were not run again
+    after = _data_files(out)  # the existing columns' files: the same paths, the same sizes, on disk
+    fragments = len(lance.dataset(out).get_fragments())
+    assert len(before) == 2 * fragments and len(after) == 3 * fragments  # one new file a fragment: tiny-t5's
+    assert {p: after.get(p) for p in before} == before
+    for path, size in before.items():
+        assert os.path.getsize(os.path.join(out, "data", path)) == size
     t5_tokens, t5_len = features.tokens_column("tiny-t5"), features.len_column("tiny-t5")
     t5_long = [features.long_tokens_column("tiny-t5"), features.long_len_column("tiny-t5")]
     both = _columns(out, [*vae_cols, dino, t5_tokens, t5_len, *t5_long])
@@ -204,7 +221,8 @@ def _batch(count=3):
 
 def _run_encoder(encoder, batch):
     """prepare (the CPU stage) then encode (the actor stage): the job's code path, in this process."""
-    return encoder.encode(encoder.prepare(batch.select([cols.ID, features.SHARD, *encoder.inputs()])))
+    out = encoder.encode(encoder.prepare(batch.select([cols.ID, features.SHARD, *encoder.inputs()])))
+    return pa.table({cols.ID: batch[cols.ID], features.SHARD: batch[features.SHARD], **out})
 
 
 # A small T5 v1.1 config (t5-v1_1-small's shape): the XXL code path at a size a CPU test can run.
@@ -212,9 +230,9 @@ T5_SMALL = {**T5_XXL, "d_model": 512, "d_kv": 64, "d_ff": 1024, "num_layers": 8,
 
 
 @pytest.mark.parametrize("name, arch, shapes", [
-    ("sd-vae", None, {"sd_vae_mean": (4 * 32 * 32,), "sd_vae_std": (4 * 32 * 32,)}),
-    ("dino-b", None, {"dino_b_cls": (768,)}),
-    ("clip-l", None, {"clip_l_cls": (768,)}),
+    ("sd-vae", None, {"sd_vae_mean": (4 * 32 * 32,), "sd_vae_std": (4 * 32 * 32,), "sd_vae_ok": ()}),
+    ("dino-b", None, {"dino_b_cls": (768,), "dino_b_ok": ()}),
+    ("clip-l", None, {"clip_l_cls": (768,), "clip_l_ok": ()}),
     ("t5-xxl", T5_SMALL, {"t5_xxl_tokens": (-1, 512), "t5_xxl_len": (), "t5_xxl_long_tokens": (-1, 512),
                           "t5_xxl_long_len": ()}),
 ])
@@ -228,6 +246,9 @@ def test_real_architectures_with_random_weights_through_the_same_path(name, arch
         column = out[f.name]
         if f.type == pa.int32():  # T5 lengths: the tokenizer's count, EOS included
             assert column.null_count == (0 if "long" not in f.name else 2)
+            continue
+        if f.type == pa.bool_():  # image encoders: every image of the batch encoded
+            assert column.to_pylist() == [True] * len(column)
             continue
         assert f.type.value_type == pa.float16()
         for row in column.to_pylist():
