@@ -1,18 +1,29 @@
 """Stream cached features from the Lance features table: only the columns a run needs, in a shuffled order
 that is a function of (seed, epoch) alone, split across DDP ranks and DataLoader workers.
 
+Which rows a run can use is read once from the small columns alone (the VAE's and an image condition's
+`_ok`, a text condition's length; never a payload): rank 0 writes their positions to the run folder
+(`positions-v{table version}-{key}.npy`), and every process, DataLoader workers included, maps that file
+read-only, so a node's page cache holds one copy. The table is read at that version from then on.
+
 Each epoch is cut into global steps of `batch × world` rows; rank r takes rows r, r + world, ... of each
-step, so every rank runs the same number of steps (DDP would hang otherwise) and every valid row is seen
-exactly once an epoch. In the last step of an epoch a rank left with no row gets one row of weight 0 (it
-keeps the ranks in step and adds nothing to the loss). DataLoader worker w of W produces steps w, w + W, ...
-and the DataLoader hands them out in step order, so the order does not depend on the number of workers,
-and resuming at step k only needs k.
+step, so every rank runs the same number of steps (DDP would hang otherwise) and every usable row is seen
+exactly once an epoch. An epoch's order is a seeded bijection on [0, n) (a 4-round Feistel network with
+cycle walking, keyed by (seed, epoch)), computed for a step's indices only: no permutation of n rows is
+ever held. In the last step of an epoch a rank left with no row gets one row of weight 0 (it keeps the
+ranks in step and adds nothing to the loss). DataLoader worker w of W produces steps w, w + W, ... and the
+DataLoader hands them out in step order, so the order does not depend on the number of workers, and
+resuming at step k only needs k.
 """
 
 from __future__ import annotations
 
+import functools
+import hashlib
+import json
 import math
-import threading
+import mmap
+import os
 import warnings
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
@@ -26,73 +37,230 @@ from lumos.floor.errors import UserError
 from lumos.schemas import features
 from lumos.schemas.images import ID
 
+POSITIONS_PREFIX = "positions-v"  # + table version + "-" + key + ".npy", in the run folder
+_PACK = 1 << 23  # rows packed into the usable-rows bitmap at a time (a multiple of 8)
+
 
 @dataclass(frozen=True)
 class FeatureColumns:
-    """The columns a run reads: the VAE posterior and the condition (CLS vectors, or T5 tokens + lengths)."""
+    """The columns a run reads (the VAE posterior and the condition: CLS vectors, or T5 tokens + lengths), and
+    the small ones that say which rows it can use: the VAE's `_ok`, an image condition's `_ok` (true), a
+    text condition's length (> 0). Left out, an `_ok` column is named after the payload beside it
+    (`{prefix}_mean` → `{prefix}_ok`, `{prefix}_cls` → `{prefix}_ok`), as schemas/features.py names them."""
 
     mean: str
     std: str
     cond: str
     length: str | None = None  # text conditions only
+    latents_ok: str | None = None
+    cond_ok: str | None = None  # image conditions only
+
+    def __post_init__(self):
+        if self.latents_ok is None:
+            object.__setattr__(self, "latents_ok", features.ok_column(self.mean.removesuffix("_mean")))
+        if self.length is None and self.cond_ok is None:
+            object.__setattr__(self, "cond_ok", features.ok_column(self.cond.removesuffix("_cls")))
 
     def names(self) -> list[str]:
         return [self.mean, self.std, self.cond] + ([self.length] if self.length else [])
 
+    def usable(self) -> list[str]:
+        """The small columns that tell whether a row is usable."""
+        return [self.latents_ok, self.length if self.length else self.cond_ok]
 
-def valid_positions(uri: str, columns: FeatureColumns) -> tuple[np.ndarray, int]:
-    """Positions (for `take`) of the rows whose needed columns are all present, and how many are not."""
+
+def _usable_bits(ds, columns: FeatureColumns) -> tuple[np.ndarray, int]:
+    """(one bit a row in table order, np.packbits-style, set where the row is usable; the number of rows),
+    from the small columns alone: ~1 bit a row of memory, whatever the table holds."""
+    import pyarrow.compute as pc
+
+    missing = [c for c in columns.usable() if c not in ds.schema.names]
+    if missing:
+        raise UserError(f"--data {ds.uri} has no {', '.join(missing)} column{'s' if len(missing) > 1 else ''} "
+                        "(written by an older lumos-encode); "
+                        "re-encode it with this version's lumos-encode")
+    if ds.stats.dataset_stats()["num_deleted_rows"]:
+        raise UserError(f"{ds.uri} has deleted rows; compact it (lance optimize) before training")
+    total = ds.count_rows()
+    bits = np.zeros((total + 7) // 8, np.uint8)
+    buffer, filled, packed, seen = np.empty(_PACK, bool), 0, 0, 0
+    for batch in ds.to_batches(columns=columns.usable(), scan_in_order=True):
+        usable = np.ones(batch.num_rows, bool)
+        for name in columns.usable():
+            column = batch.column(name)
+            ok = pc.greater(column, 0) if name == columns.length else column
+            usable &= pc.fill_null(ok, False).to_numpy(zero_copy_only=False)
+        seen += len(usable)
+        while len(usable):
+            n = min(len(usable), _PACK - filled)
+            buffer[filled:filled + n], usable, filled = usable[:n], usable[n:], filled + n
+            if filled == _PACK:
+                bits[packed:packed + _PACK // 8], packed, filled = np.packbits(buffer), packed + _PACK // 8, 0
+    tail = np.packbits(buffer[:filled])
+    bits[packed:packed + len(tail)] = tail
+    if seen != total:
+        raise UserError(f"{ds.uri}: scanned {seen} rows of {total}; the table changed while it was read")
+    return bits, total
+
+
+def _positions_in(bits: np.ndarray):
+    """The set bits' positions, int64, a few million rows at a time."""
+    for start in range(0, len(bits), _PACK // 8):
+        yield np.flatnonzero(np.unpackbits(bits[start:start + _PACK // 8])).astype(np.int64) + start * 8
+
+
+def valid_positions(data, columns: FeatureColumns, version: int | None = None) -> tuple[np.ndarray, int]:
+    """Positions (for `take`) of the rows a run can use, in memory, and how many are not, from `data` (a URI,
+    or an open LanceDataset): for tools and tests (the trainer maps the positions file, see `positions_file`)."""
     import lance
 
-    ds = lance.dataset(uri)
-    fragments = ds.get_fragments()
-    if any(f.count_rows() != f.physical_rows for f in fragments):
-        raise UserError(f"{uri} has deleted rows; compact it (lance optimize) before training")
-    base, start = {}, 0
-    for f in fragments:
-        base[f.fragment_id], start = start, start + f.physical_rows
-    needed = [columns.mean, columns.std, columns.cond] + ([columns.length] if columns.length else [])
-    scan = ds.to_table(columns=[ID], with_row_address=True, filter=" AND ".join(f"{c} IS NOT NULL" for c in needed))
-    addresses = scan["_rowaddr"].to_numpy().astype(np.int64)
-    frag_base = np.array([base[int(a >> 32)] for a in addresses], np.int64) if len(addresses) else np.zeros(0, np.int64)
-    positions = np.sort(frag_base + (addresses & 0xFFFFFFFF))
-    return positions, ds.count_rows() - len(positions)
+    ds = lance.dataset(data, version=version) if isinstance(data, str) else data
+    bits, total = _usable_bits(ds, columns)
+    chunks = list(_positions_in(bits))
+    positions = np.concatenate(chunks) if chunks else np.zeros(0, np.int64)
+    return positions, total - len(positions)
+
+
+def _write_positions(bits: np.ndarray, path: str) -> None:
+    """The usable positions as a .npy file, written without holding them (count first, then chunks), then
+    renamed into place: a reader sees the whole file or none."""
+    count = sum(int(np.unpackbits(bits[s:s + _PACK // 8]).sum()) for s in range(0, len(bits), _PACK // 8))
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "wb") as f:
+        np.lib.format.write_array_header_1_0(f, {"descr": np.lib.format.dtype_to_descr(np.dtype("<i8")),
+                                                 "fortran_order": False, "shape": (count,)})
+        for chunk in _positions_in(bits):
+            f.write(chunk.astype("<i8", copy=False).tobytes())
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _version_stamp(ds) -> str:
+    """When the open version was committed: with the version number, tells this table from one made anew."""
+    if hasattr(ds, "get_version"):
+        return str(ds.get_version()["timestamp"])
+    return next(str(v["timestamp"]) for v in ds.versions() if v["version"] == ds.version)
+
+
+def positions_file(uri: str, columns: FeatureColumns, folder: str, version: int | None = None) -> tuple[str, int, int]:
+    """Rank 0, once a run: (the positions file in `folder`, the table version it holds positions of, how many
+    rows are not usable). A file already there for this version and these columns (a resumed run) is reused;
+    positions files of other versions are removed. `version` None: the latest."""
+    import lance
+
+    ds = lance.dataset(uri, version=version)
+    key = hashlib.sha256(json.dumps([columns.usable(), ds.version, _version_stamp(ds)]).encode()).hexdigest()[:16]
+    name = f"{POSITIONS_PREFIX}{ds.version}-{key}.npy"
+    path = os.path.join(folder, name)
+    try:
+        count = len(open_positions(path))
+    except (OSError, ValueError):  # absent (or, against all odds, unreadable): computed now
+        os.makedirs(folder, exist_ok=True)
+        _write_positions(_usable_bits(ds, columns)[0], path)
+        count = len(open_positions(path))
+        for other in os.listdir(folder):
+            if other.startswith(POSITIONS_PREFIX) and other != name:
+                os.remove(os.path.join(folder, other))
+    return path, ds.version, ds.count_rows() - count
+
+
+def open_positions(path: str) -> np.ndarray:
+    """The positions file, mapped read-only (the page cache holds one copy for every process of a node)."""
+    positions = np.load(path, mmap_mode="r")
+    if positions.ndim != 1 or positions.dtype != np.int64:
+        raise ValueError(f"{path}: not a positions file")
+    return positions
+
+
+_ROUNDS = 4
+_M1, _M2 = np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB)
+
+
+@functools.lru_cache(maxsize=8)
+def _keys(seed: int, epoch: int) -> np.ndarray:
+    return np.random.default_rng([seed, epoch]).integers(0, 2**64 - 1, size=_ROUNDS, dtype=np.uint64,
+                                                         endpoint=True)
+
+
+def _round(x: np.ndarray, key: np.uint64) -> np.ndarray:
+    """A keyed 64-bit mix (splitmix64's finaliser): the Feistel round function."""
+    z = x ^ key
+    z = (z ^ (z >> np.uint64(30))) * _M1
+    z = (z ^ (z >> np.uint64(27))) * _M2
+    return z ^ (z >> np.uint64(31))
+
+
+def _feistel(x: np.ndarray, bits: int, keys: np.ndarray) -> np.ndarray:
+    """A bijection on [0, 2^bits): unbalanced Feistel rounds on (high a bits, low b bits); each round maps
+    (L, R) to (R, L ^ F(R)), swapping the halves' widths, so an even number of rounds ends as it started."""
+    a, b = bits // 2, bits - bits // 2
+    left, right = x >> np.uint64(b), x & np.uint64((1 << b) - 1)
+    wl, wr = a, b
+    for key in keys:
+        left, right = right, left ^ (_round(right, key) & np.uint64((1 << wl) - 1))
+        wl, wr = wr, wl
+    return (left << np.uint64(wr)) | right
+
+
+def shuffled(indices: np.ndarray, n: int, seed: int, epoch: int) -> np.ndarray:
+    """Where `indices` (in [0, n)) go in the order of (seed, epoch): a bijection on [0, n), by cycle walking a
+    Feistel bijection on [0, 2^bits) with 2^bits < 2n (the walk takes < 2 steps on average)."""
+    bits = max(2, (n - 1).bit_length())
+    keys = _keys(seed, epoch)
+    x = _feistel(np.asarray(indices, np.uint64), bits, keys)
+    outside = np.flatnonzero(x >= n)
+    while len(outside):
+        x[outside] = _feistel(x[outside], bits, keys)
+        outside = outside[x[outside] >= n]
+    return x.astype(np.int64)
 
 
 class EpochOrder:
-    """Which rows rank `rank` of `world` trains on at (epoch, step)."""
+    """Which rows rank `rank` of `world` trains on at (epoch, step): `positions` (an array, or the mapped
+    positions file) less `skip`, sorted indices into it of rows not to train on (the held-back rows)."""
 
-    def __init__(self, positions: np.ndarray, batch_size: int, world: int = 1, rank: int = 0, seed: int = 0):
+    def __init__(self, positions: np.ndarray, batch_size: int, world: int = 1, rank: int = 0, seed: int = 0,
+                 skip: np.ndarray | None = None):
         self.positions, self.batch_size, self.world, self.rank, self.seed = positions, batch_size, world, rank, seed
-        self._cache: dict[int, np.ndarray] = {}
-        self._lock = threading.Lock()  # loader threads ask for rows concurrently
+        self.skip = np.zeros(0, np.int64) if skip is None else np.asarray(skip, np.int64)
+        self._before = self.skip - np.arange(len(self.skip))  # kept rows before each skipped one
+        self.count = len(positions) - len(self.skip)  # rows trained on an epoch
 
-    def __getstate__(self):  # sent to spawned DataLoader workers: without the lock and the cache
-        return {k: v for k, v in self.__dict__.items() if k not in ("_cache", "_lock")}
+    def __getstate__(self):  # sent to spawned DataLoader workers: a mapped file by its path, not its rows
+        state = dict(self.__dict__)
+        p = self.positions
+        if isinstance(p, np.memmap) and isinstance(p.base, mmap.mmap):  # the whole file, as np.load mapped it
+            state["positions"] = ("file", p.filename)
+        return state
 
     def __setstate__(self, state):
-        self.__dict__.update(state, _cache={}, _lock=threading.Lock())
+        if isinstance(state["positions"], tuple):
+            state["positions"] = open_positions(state["positions"][1])
+        self.__dict__.update(state)
 
     @property
     def steps_per_epoch(self) -> int:
-        return math.ceil(len(self.positions) / (self.batch_size * self.world))
+        return math.ceil(self.count / (self.batch_size * self.world))
+
+    def at(self, epoch: int, indices: np.ndarray) -> np.ndarray:
+        """The positions at these places of the epoch's order."""
+        kept = shuffled(indices, self.count, self.seed, epoch)
+        if len(self.skip):
+            kept = kept + np.searchsorted(self._before, kept, side="right")
+        return np.asarray(self.positions[kept], np.int64)
 
     def permutation(self, epoch: int) -> np.ndarray:
-        with self._lock:
-            if epoch not in self._cache:
-                if len(self._cache) >= 2:  # the current epoch and the next are enough
-                    self._cache.pop(min(self._cache))
-                rng = np.random.default_rng([self.seed, epoch])
-                self._cache[epoch] = self.positions[rng.permutation(len(self.positions))]
-            return self._cache[epoch]
+        """The whole epoch's order (n rows): for tests and tools only; training asks `rows`."""
+        return self.at(epoch, np.arange(self.count))
 
     def rows(self, epoch: int, step: int) -> tuple[np.ndarray, np.ndarray]:
         """(positions, weights) of this rank's rows at this step, positions sorted (faster takes)."""
         size = self.batch_size * self.world
-        part = self.permutation(epoch)[step * size:(step + 1) * size][self.rank::self.world]
-        if len(part) == 0:
-            return self.permutation(epoch)[:1], np.zeros(1, np.float32)
-        return np.sort(part), np.ones(len(part), np.float32)
+        indices = np.arange(step * size + self.rank, min((step + 1) * size, self.count), self.world)
+        if len(indices) == 0:
+            return self.at(epoch, np.zeros(1, np.int64)), np.zeros(1, np.float32)
+        return np.sort(self.at(epoch, indices)), np.ones(len(indices), np.float32)
 
 
 class FeatureStream(IterableDataset):
@@ -102,15 +270,17 @@ class FeatureStream(IterableDataset):
 
     threads = 2  # a take spends its time in Lance's Rust code, without the GIL: two overlap on two cores
 
-    def __init__(self, uri: str, columns: FeatureColumns, order: EpochOrder, start: int = 0, with_ids: bool = False):
+    def __init__(self, uri: str, columns: FeatureColumns, order: EpochOrder, start: int = 0, with_ids: bool = False,
+                 version: int | None = None):
         self.uri, self.columns, self.order, self.start, self.with_ids = uri, columns, order, start, with_ids
+        self.version = version  # the table version the order's positions are of (None: the latest)
 
     def __iter__(self):
         import lance
 
         info = get_worker_info()
         worker, workers = (info.id, info.num_workers) if info else (0, 1)
-        ds = lance.dataset(self.uri)  # opened in the worker: Lance is not fork-safe (workers are spawned)
+        ds = lance.dataset(self.uri, version=self.version)  # opened in the worker: Lance is not fork-safe (workers are spawned)
         step = self.start + worker
         with ThreadPoolExecutor(self.threads) as pool:
             pending: deque = deque()

@@ -24,19 +24,21 @@ STEPS, CFG, SCHEDULER = 20, 4.5, "dpm"
 
 
 def hold_back(positions: np.ndarray, count: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """(the rows to train on, the `count` held-back rows), drawn by the seed alone: the same on every rank."""
+    """(sorted indices into `positions` of the `count` held-back rows, for EpochOrder's `skip`; their
+    positions), drawn by the seed alone: the same on every rank. O(count): `positions` is not copied."""
     if count >= len(positions):
         raise UserError(f"--sample-rows {count}: the table has only {len(positions)} usable rows")
     picked = np.sort(np.random.default_rng([seed, 7919]).choice(len(positions), count, replace=False))
-    return np.delete(positions, picked), positions[picked]
+    return picked, np.asarray(positions[picked], np.int64)
 
 
 class HeldBackGrid:
     def __init__(self, data: str, columns: FeatureColumns, positions: np.ndarray, mode: str, provenance: dict,
-                 scaling: float, device: torch.device, precision: str, seed: int, output: str):
+                 scaling: float, device: torch.device, precision: str, seed: int, output: str,
+                 version: int | None = None):
         import lance
 
-        ds = lance.dataset(data)
+        ds = lance.dataset(data, version=version)  # the version `positions` are of
         table = ds.take(positions, columns=[ID, *columns.names()])
         self.mean = read_fixed(table, columns.mean, ds).float().to(device)  # (K, 4, h, w)
         if columns.length is None:

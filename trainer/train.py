@@ -24,7 +24,7 @@ from lumos.floor.errors import UserError
 from lumos.floor.output_lock import output_lock
 from lumos.schemas import features
 from lumos.trainer import checkpoint as ckpt
-from lumos.trainer.data import EpochOrder, FeatureColumns, FeatureStream, valid_positions
+from lumos.trainer.data import EpochOrder, FeatureColumns, FeatureStream, open_positions, positions_file
 from lumos.trainer.diffusion import Diffusion
 from lumos.trainer.held_back import HeldBackGrid, hold_back
 from lumos.trainer.metrics import MetricsLog, keep_until
@@ -189,14 +189,17 @@ class Run:
 
             self.ddp = DistributedDataParallel(self.model, device_ids=[self.device.index] if cuda else None)
 
-        positions, self.skipped = valid_positions(c.data, self.columns)
+        # The table version every process reads from here on, and its usable rows' positions: computed once
+        # (rank 0, or found from an earlier start of this run), mapped read-only by every process.
+        path, self.version, self.skipped = self._positions()
+        positions = open_positions(path)
         if len(positions) == 0:
             raise UserError(f"--data {c.data}: no row has every column this run needs "
                             f"({', '.join(self.columns.names())})")
-        self.held_back, self.grid = None, None
+        self.held_back, self.grid, skip = None, None, None
         if c.sample_every:
-            positions, self.held_back = hold_back(positions, c.sample_rows, c.seed)
-        self.order = EpochOrder(positions, c.batch_size, self.world, self.rank, c.seed)
+            skip, self.held_back = hold_back(positions, c.sample_rows, c.seed)
+        self.order = EpochOrder(positions, c.batch_size, self.world, self.rank, c.seed, skip=skip)
         self.diffusion = Diffusion(device=self.device)
 
     # --- loading ---
@@ -215,6 +218,20 @@ class Run:
         if damaged and self.rank == 0:
             self.say(damaged)
         return path
+
+    def _positions(self) -> tuple[str, int, int]:
+        """Rank 0 finds or writes the positions file (the others wait in the broadcast); every rank gets
+        (its path, the table version, how many rows are not usable), or rank 0's error."""
+        answer = None
+        if self.rank == 0:
+            try:
+                answer = positions_file(self.config.data, self.columns, self.config.output)
+            except UserError as err:
+                answer = str(err)
+        answer = _from_rank0(answer, self.world)
+        if isinstance(answer, str):
+            raise UserError(answer)
+        return answer
 
     def _load_init(self, init: str) -> list[str]:
         """T2I from I2I: every weight whose name and shape fit is loaded (the EMA weights); the rest, i.e.
@@ -245,7 +262,7 @@ class Run:
         from torch.utils.data import DataLoader
 
         stream = FeatureStream(self.config.data, self.columns, self.order, start=self.step,
-                               with_ids=self.config.record_samples)
+                               with_ids=self.config.record_samples, version=self.version)
         workers = self.config.workers
         return iter(DataLoader(stream, batch_size=None, num_workers=workers, pin_memory=self.device.type == "cuda",
                                multiprocessing_context="spawn" if workers else None,
@@ -297,7 +314,7 @@ class Run:
             if self.reinitialised:
                 say(f"--init: re-initialised (no weight of the same shape in the I2I model): {', '.join(self.reinitialised)}")
             say(f"{c.model}: {sum(p.numel() for p in self.model.parameters()) / 1e6:.2f}M parameters; "
-                f"{len(self.order.positions)} rows ({self.skipped} skipped: no {self.columns.cond if c.mode == 't2i' else 'features'}), "
+                f"{self.order.count} rows ({self.skipped} skipped: no {self.columns.cond if c.mode == 't2i' else 'features'}), "
                 f"{self.order.steps_per_epoch} steps an epoch on {self.world} rank(s); from step {self.step}")
         log = MetricsLog(c.output, main, c.tensorboard, start_step=self.step)
         records = None
@@ -358,7 +375,7 @@ class Run:
         if self.grid is None:
             self.grid = HeldBackGrid(self.config.data, self.columns, self.held_back, self.config.mode,
                                      self.provenance, self.scaling, self.device, self.config.precision,
-                                     self.config.seed, self.config.output)
+                                     self.config.seed, self.config.output, version=self.version)
         return self.grid.write(self.ema, self.step)
 
     def _barrier(self) -> None:
@@ -391,7 +408,9 @@ def _columns_and_provenance(c: TrainConfig, meta: dict) -> tuple[FeatureColumns,
         cond, length = features.tokens_column(cond_encoder), features.len_column(cond_encoder)
     else:
         cond, length = features.long_tokens_column(cond_encoder), features.long_len_column(cond_encoder)
-    return FeatureColumns(features.mean_column(c.latents), features.std_column(c.latents), cond, length), provenance
+    return FeatureColumns(features.mean_column(c.latents), features.std_column(c.latents), cond, length,
+                          latents_ok=features.ok_column(c.latents),
+                          cond_ok=features.ok_column(cond_encoder) if length is None else None), provenance
 
 
 def _same_provenance(saved: dict, now: dict, where: str) -> None:
