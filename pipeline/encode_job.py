@@ -91,11 +91,13 @@ def run_encode(input_uri: str, output_uri: str, encoders: list[EncoderConfig], d
             if names:
                 todo.setdefault(names, []).append(fragment)
         rows = {f.fragment_id: f.metadata.physical_rows for f in ds.get_fragments()}
-        encoded = 0
+        encoded: dict[str, int] = {}  # encoder → rows it encoded in this run
         for names, fragments in sorted(todo.items(), key=lambda kv: sorted(kv[0])):
             configs = [c for c, _, _ in chosen if c.name in names]
-            encoded += _encode_pass(input_uri, images.version, output_uri, configs, fragments, followed, rows,
+            rows_now = _encode_pass(input_uri, images.version, output_uri, configs, fragments, followed, rows,
                                     staging, placement, say, progress, commit_every)
+            for name in names:
+                encoded[name] = encoded.get(name, 0) + rows_now
         ran = [e for c, e, _ in chosen if any(c.name in names for names in todo)]
         for config, *_ in chosen:
             if config.name not in {e.name for e in ran}:
@@ -142,7 +144,7 @@ def _done_column(encoder) -> str:
     return validity[0]
 
 
-def _stats(output_uri: str, encoders, encoded: int, seconds: float, say) -> dict:
+def _stats(output_uri: str, encoders, encoded: dict[str, int], seconds: float, say) -> dict:
     """Per encoder: rows, rows encoded by this run, and rows without features per reason, counted by Lance
     from the small validity columns (never the payload)."""
     import lance
@@ -156,7 +158,8 @@ def _stats(output_uri: str, encoders, encoded: int, seconds: float, say) -> dict
         for reason, n in counts.items():
             if n:
                 say(f"{encoder.name}: {n} rows without features: {reason}")
-        out[encoder.name] = {"rows": total, "encoded_now": encoded, **counts, "seconds": round(seconds, 3)}
+        out[encoder.name] = {"rows": total, "encoded_now": encoded.get(encoder.name, 0), **counts,
+                             "seconds": round(seconds, 3)}
     return out
 
 
@@ -214,16 +217,21 @@ def _encode_pass(input_uri, images_version, output_uri, configs, fragments, foll
             last_commit = time.monotonic()
 
     with tqdm(total=total, unit="row", desc=names, disable=not progress, dynamic_ncols=True) as bar:
-        for part in ds.iter_rows():  # small rows: the feature bytes never pass through this process
-            shard = part[features.SHARD]
-            bar.update(part[features.PART_ROWS])
-            entry = parts.setdefault(shard, [0, []])
-            entry[0] += part[features.PART_ROWS]
-            entry[1].append(part[features.PART_PATH])
-            if entry[0] == expected[shard]:
-                running.append(finalize.remote(output_uri, version, target[shard], entry[1], configs))
-                del parts[shard]
-            collect(block=False)
+        try:
+            for part in ds.iter_rows():  # small rows: the feature bytes never pass through this process
+                shard = part[features.SHARD]
+                bar.update(part[features.PART_ROWS])
+                entry = parts.setdefault(shard, [0, []])
+                entry[0] += part[features.PART_ROWS]
+                entry[1].append(part[features.PART_PATH])
+                if entry[0] == expected[shard]:
+                    running.append(finalize.remote(output_uri, version, target[shard], entry[1], configs))
+                    del parts[shard]
+                collect(block=False)
+        except BaseException:
+            if written:  # a failing run keeps the fragments it finished (a re-run skips them)
+                layout.graft(output_uri, written)
+            raise
         collect(block=True)
     if parts:
         raise RuntimeError(f"{len(parts)} fragments were not encoded whole")

@@ -101,6 +101,11 @@ def follow_images(images, images_uri: str, output_uri: str, say=print):
     if exists:
         _check_followed(ds, followed, live, images_uri, output_uri)
     new = [i for i, n in live.items() if n and i not in set(followed.values())]
+    if not new and not exists:  # an images table with no rows: an empty features table
+        ds = lance.LanceDataset.commit(output_uri, lance.LanceOperation.Overwrite(ID_SCHEMA, []))
+        ds.update_schema_metadata({features.META_LAYOUT: json.dumps({"images_version": images.version,
+                                                                     "runs": []})})
+        return lance.dataset(output_uri), followed
     if not new:
         return ds, followed
     say(f"features table: {len(new)} new fragments follow the images table's ({sum(live[i] for i in new)} rows)")
