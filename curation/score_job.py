@@ -1,8 +1,10 @@
 """`lumos-curate score`: (re)compute the `aesthetic` column of an existing images table.
 
-Each Lance fragment is read in a Ray task (ids and image blobs), scored by the actor pool, and the new
-scores are written back with one merge on `id`; the other columns, the image bytes and the table's metadata
-(the unique-ids marker included) are not touched.
+Each Lance fragment is read in a Ray task (ids and image blobs) and scored by the actor pool; the workers
+write each fragment's new scores as one data file, and the driver grafts those files onto the fragments'
+metadata (floor/column_writer.py), tombstoning the old `aesthetic` in the fragment's older files. No other
+column, no image byte and none of the table's metadata (the unique-ids marker included) is rewritten or
+copied; the driver holds only fragments in flight, never a score per row.
 """
 
 from __future__ import annotations
@@ -16,11 +18,14 @@ import pyarrow.compute as pc
 from lumos.curation.dump_job import ScoreConfig
 from lumos.curation.job_dir import JobDir
 from lumos.curation.scoring import add_scores
+from lumos.floor import fs
+from lumos.floor.column_writer import WriteParts, fragment_rows, write_columns
 from lumos.floor.fragment_reader import fragment_dataset
 from lumos.floor.lance_io import open_images_table
 from lumos.floor.output_lock import output_lock
 from lumos.floor.ray_runtime import init_ray
 from lumos.schemas import images as cols
+from lumos.schemas.features import ROW, SHARD
 
 
 def score_table(uri: str, score: ScoreConfig, say=print) -> dict:
@@ -43,22 +48,35 @@ def lock_folder(uri: str) -> str:
     return uri
 
 
+COMMIT_EVERY = 300.0  # seconds between commits of finished fragments: what a killed score can lose
+
+
 def _score_locked(uri: str, score: ScoreConfig, started: float, say) -> dict:
-    table = open_images_table(uri, "--input")  # again, under the lock: the version we rewrite
+    table = open_images_table(uri, "--input")  # again, under the lock: the version the workers read
     init_ray()
-    fragments = [f.fragment_id for f in table.get_fragments()]
-    say(f"scoring {table.count_rows()} images in {len(fragments)} fragments with {score.model}")
-    ds = add_scores(fragment_dataset(uri, table.version, fragments), score.model, score.clip_weights,
+    rows = {f.fragment_id: n for f in table.get_fragments() if (n := fragment_rows(f))}
+    say(f"scoring {sum(rows.values())} images in {len(rows)} fragments with {score.model}")
+    schema = pa.schema([table.schema.field(cols.AESTHETIC)])
+    staging = fs.join(uri, "_staging_score")
+    fs.remove_tree(staging)  # a killed score's parts: we hold the lock
+    ds = add_scores(fragment_dataset(uri, table.version, list(rows)), score.model, score.clip_weights,
                     score.mlp_weights)
-    ds = ds.select_columns([cols.ID, cols.AESTHETIC])
-    scores = pa.concat_tables(list(ds.iter_batches(batch_format="pyarrow", batch_size=None)))
-    if scores.num_rows:
-        table.merge_insert(cols.ID).when_matched_update_all().execute(scores)
-    values = scores[cols.AESTHETIC]
+    ds = ds.select_columns([cols.ID, SHARD, ROW, cols.AESTHETIC])
+    ds = ds.map_batches(WriteParts(staging, schema), batch_format="pyarrow", batch_size=None)
+    write_columns(ds.iter_rows(), uri, table.version, rows, {f: f for f in rows}, schema, COMMIT_EVERY,
+                  replaces=[cols.AESTHETIC])
+    fs.remove_tree(staging)
+    import lance
+
+    total, scored, sum_ = 0, 0, 0.0  # a streaming scan of the one float column
+    for batch in lance.dataset(uri).to_batches(columns=[cols.AESTHETIC]):
+        values = batch.column(0)
+        total, scored = total + len(values), scored + len(values) - values.null_count
+        sum_ += pc.sum(values).as_py() or 0.0
     return {
-        "rows": scores.num_rows,
-        "scored": scores.num_rows - values.null_count,
-        "mean": pc.mean(values).as_py(),
+        "rows": total,
+        "scored": scored,
+        "mean": sum_ / scored if scored else None,
         "model": score.model,
         "timings": {"total_s": round(time.monotonic() - started, 3)},
     }

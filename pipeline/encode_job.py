@@ -29,7 +29,8 @@ from lumos.floor.lance_io import open_images_table, table_exists
 from lumos.floor.output_lock import output_lock
 from lumos.floor.ray_runtime import describe_cluster, init_ray
 from lumos.pipeline import feature_layout as layout
-from lumos.pipeline.encode_stages import Encode, Prepare, WriteParts, finalize_fragment
+from lumos.floor.column_writer import WriteParts, write_columns
+from lumos.pipeline.encode_stages import Encode, Prepare, pass_schema
 from lumos.pipeline.encoders import EncoderConfig
 from lumos.schemas import features
 from lumos.schemas import images as cols
@@ -200,41 +201,11 @@ def _encode_pass(input_uri, images_version, output_uri, configs, fragments, foll
                             # on CPU no core is reserved for an actor: a node whose cores all went to actors
                             # (or half of one to each of two) could run no read task, and the actors would wait
                             num_cpus=1 if use_gpu else 0)
-    ds = ds.map_batches(WriteParts(staging, configs), batch_format="pyarrow", batch_size=None)
-    finalize = ray.remote(finalize_fragment)
-    parts: dict[int, list] = {}  # images fragment → [rows so far, part paths], fragments in flight only
-    running, written, last_commit = [], {}, time.monotonic()
-
-    def collect(block: bool) -> None:
-        nonlocal running, last_commit
-        if running:
-            ready, running = ray.wait(running, num_returns=len(running) if block else 1, timeout=None if block else 0)
-            for fragment, files in ray.get(ready):
-                written[fragment] = files
-        if written and (block or time.monotonic() - last_commit > commit_every):
-            layout.graft(output_uri, written)  # one commit: these fragments are in
-            written.clear()
-            last_commit = time.monotonic()
-
+    schema = pass_schema(configs)
+    ds = ds.map_batches(WriteParts(staging, schema), batch_format="pyarrow", batch_size=None)
     with tqdm(total=total, unit="row", desc=names, disable=not progress, dynamic_ncols=True) as bar:
-        try:
-            for part in ds.iter_rows():  # small rows: the feature bytes never pass through this process
-                shard = part[features.SHARD]
-                bar.update(part[features.PART_ROWS])
-                entry = parts.setdefault(shard, [0, []])
-                entry[0] += part[features.PART_ROWS]
-                entry[1].append(part[features.PART_PATH])
-                if entry[0] == expected[shard]:
-                    running.append(finalize.remote(output_uri, version, target[shard], entry[1], configs))
-                    del parts[shard]
-                collect(block=False)
-        except BaseException:
-            if written:  # a failing run keeps the fragments it finished (a re-run skips them)
-                layout.graft(output_uri, written)
-            raise
-        collect(block=True)
-    if parts:
-        raise RuntimeError(f"{len(parts)} fragments were not encoded whole")
+        write_columns(ds.iter_rows(), output_uri, version, expected, target, schema, commit_every,
+                      on_rows=bar.update)
     return total
 
 

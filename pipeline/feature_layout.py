@@ -4,8 +4,8 @@ Each non-empty fragment of the images table has one fragment in the features tab
 same order: first just their `id` (written by Ray tasks, committed once), then one data file more per encoder
 pass, holding that pass's columns for the fragment's rows. An encoder's columns are added to the schema
 first as all-null columns (metadata only, nothing written); a pass writes a data file for each fragment in a
-worker and the driver grafts it onto the fragment's metadata (a Lance `Merge` commit of fragment metadata,
-never of rows). No existing data file is rewritten or copied.
+worker and the driver grafts it onto the fragment's metadata (floor/column_writer.py: a Lance `Merge` commit
+of fragment metadata, never of rows). No existing data file is rewritten or copied.
 
 What is done is read from the table itself: an encoder has reached a fragment when one of the fragment's
 data files holds the encoder's validity column (`{name}_ok`, or its caption length). The table metadata
@@ -24,6 +24,7 @@ import json
 
 import pyarrow as pa
 
+from lumos.floor.column_writer import fragment_rows
 from lumos.floor.errors import UserError
 from lumos.floor.lance_io import table_exists
 from lumos.schemas import features
@@ -52,11 +53,6 @@ def decode_runs(runs: list[list[int]]) -> dict[int, int]:
 def read_layout(ds) -> dict | None:
     raw = features.str_metadata(ds.schema.metadata).get(features.META_LAYOUT)
     return json.loads(raw) if raw else None
-
-
-def fragment_rows(fragment) -> int:
-    """Live rows of a fragment from its metadata (reads a deletion file only when it has one)."""
-    return fragment.count_rows() if fragment.metadata.deletion_file is not None else fragment.metadata.physical_rows
 
 
 class WriteIds:
@@ -164,24 +160,6 @@ def add_fields(output_uri: str, fields: list[pa.Field], metadata: dict[str, str]
         ds = lance.dataset(output_uri)
     ds.update_schema_metadata(metadata)
     return lance.dataset(output_uri)
-
-
-def graft(output_uri: str, written: dict[int, list[dict]]):
-    """Commit the data files written for some fragments (features fragment → its new files), one commit."""
-    import lance
-    from lance.fragment import FragmentMetadata
-
-    ds = lance.dataset(output_uri)
-    fragments = []
-    for f in ds.get_fragments():
-        meta = f.metadata
-        if f.fragment_id in written:
-            raw = meta.to_json()
-            raw["files"] = raw["files"] + written[f.fragment_id]
-            meta = FragmentMetadata.from_json(json.dumps(raw))
-        fragments.append(meta)
-    return lance.LanceDataset.commit(output_uri, lance.LanceOperation.Merge(fragments, ds.lance_schema),
-                                     read_version=ds.version)
 
 
 def tag_reading_version(output_uri: str) -> None:

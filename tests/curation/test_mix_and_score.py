@@ -1,6 +1,7 @@
 """`mix` and `score` on real Lance tables through Ray."""
 
 import hashlib
+import os
 
 import lance
 import pyarrow as pa
@@ -15,14 +16,15 @@ from lumos.floor.errors import UserError
 from lumos.schemas import images as cols
 
 
-def _table(path, source, rows):
+def _table(path, source, rows, rows_per_fragment=1024):
     """rows: (key, sha256 tag, seed); the image bytes differ by seed."""
     data = [{cols.ID: cols.make_id(source, key), cols.SOURCE: source, cols.KEY: key, cols.ORIGINAL_WIDTH: 96,
              cols.ORIGINAL_HEIGHT: 80, cols.WIDTH: 96, cols.HEIGHT: 80, cols.SHA256: tag,
              cols.IMAGE: encode(synthetic_image(96, 80, seed)), cols.CAPTION: f"{source} {key}"}
             for key, tag, seed in rows]
     schema = cols.images_schema({"job": {"source": source}})
-    lance.write_dataset(pa.Table.from_pylist(data, schema=schema), path, schema=schema)
+    lance.write_dataset(pa.Table.from_pylist(data, schema=schema), path, schema=schema,
+                        max_rows_per_file=rows_per_fragment)
     return path
 
 
@@ -60,11 +62,21 @@ def test_mix_removes_duplicates_exactly_honours_caps_and_keeps_ids(tmp_path, ray
         run_mix([a, b], str(tmp_path / "mix3"), {"coyo": 1}, dedup=True, seed=0)
 
 
+def _files(path) -> dict[str, int]:
+    """Every data file the table's latest version reads from: path → size on disk."""
+    return {d.path: os.path.getsize(os.path.join(path, "data", d.path))
+            for f in lance.dataset(path).get_fragments() for d in f.metadata.files}
+
+
 def test_score_fills_the_aesthetic_column_in_place(tmp_path, ray_session):
-    path = _table(str(tmp_path / "t.lance"), "laion", [(f"k{i}", f"s{i}", i) for i in range(6)])
-    before = _read(path)
+    path = _table(str(tmp_path / "t.lance"), "laion", [(f"k{i}", f"s{i}", i) for i in range(6)],
+                  rows_per_fragment=2)
+    before, files = _read(path), _files(path)
+    assert len(files) == 3
     stats = score_table(path, ScoreConfig(model="tiny"), say=lambda *_: None)
     assert stats["rows"] == stats["scored"] == 6
+    after = _files(path)  # the image and metadata files: the same paths, the same sizes; one new file a fragment
+    assert {p: after.get(p) for p in files} == files and len(after) == 6
     ds = lance.dataset(path)
     scores = dict(zip(*(ds.to_table(columns=[cols.ID, cols.AESTHETIC])[c].to_pylist() for c in (cols.ID, cols.AESTHETIC))))
     model, transform = load_aesthetic_model("tiny"), preprocess(64)
@@ -81,3 +93,11 @@ def test_score_fills_the_aesthetic_column_in_place(tmp_path, ray_session):
         assert scores[id_] == pytest.approx(expected, abs=1e-4)
     assert _read(path) == before  # ids, keys and image bytes untouched
     assert cols.job_of(ds.schema) == {"job": {"source": "laion"}}
+    assert stats["mean"] == pytest.approx(sum(scores.values()) / 6)
+
+    again = score_table(path, ScoreConfig(model="tiny"), say=lambda *_: None)  # refreshed: the same scores
+    ds, refreshed = lance.dataset(path), _files(path)  # the image files again untouched; new score files replace
+    assert again["scored"] == 6 and {p: refreshed.get(p) for p in files} == files and len(refreshed) == 6
+    assert not set(refreshed) & (set(after) - set(files)) and not os.path.exists(os.path.join(path, "_staging_score"))
+    assert dict(zip(*(ds.to_table(columns=[cols.ID, cols.AESTHETIC])[c].to_pylist()
+                      for c in (cols.ID, cols.AESTHETIC)))) == scores

@@ -152,7 +152,7 @@ def test_a_t5_token_column_past_2_31_values_in_one_fragment(tmp_path):
     in batches as the encode job's finalize writes, and read back whole at both ends."""
     from lance.fragment import write_fragments
 
-    from lumos.pipeline.encode_stages import WRITE_ROWS
+    from lumos.floor.column_writer import WRITE_ROWS
     from lumos.pipeline.encoders.t5 import token_lists
 
     dim, tokens = 2, 2 ** 19  # 2^20 values a row
