@@ -211,6 +211,21 @@ def score(
          lambda s: f"scored {s['scored']} of {s['rows']} images with {s['model']}, mean score {s['mean']}")
 
 
+@app.command("compact")
+def compact(
+    input: str = typer.Option(..., "--input", help="A Lance table (an images table, or a features table no "
+                              "encoder will be added to)."),
+    rows_per_fragment: int = typer.Option(50_000, help="Target rows a fragment (~1-2 GB of 512-px JPEGs)."),
+):
+    """Rewrite a table's small fragments into large ones on the Ray cluster, then clean old versions.
+    Compact an images table before lumos-encode, not after (features follow its fragments)."""
+    from lumos.curation.compact_job import compact_table
+
+    _run(lambda: compact_table(input, rows_per_fragment, err_console.print),
+         lambda s: f"compacted {s['rows']} rows: {s['fragments_before']} fragments -> {s['fragments_after']} "
+                   f"in {s['seconds']:.1f}s")
+
+
 @app.command("mix")
 def mix(
     input: list[str] = typer.Option(..., "--input", help="An images table; repeat for each source. Earlier "

@@ -21,7 +21,7 @@ from lumos.curation.scoring import add_scores
 from lumos.floor import fs
 from lumos.floor.column_writer import WriteParts, fragment_rows, write_columns
 from lumos.floor.fragment_reader import fragment_dataset
-from lumos.floor.lance_io import open_images_table
+from lumos.floor.lance_io import clean_versions, keep_version, open_images_table
 from lumos.floor.output_lock import output_lock
 from lumos.floor.ray_runtime import init_ray
 from lumos.schemas import images as cols
@@ -49,6 +49,7 @@ def lock_folder(uri: str) -> str:
 
 
 COMMIT_EVERY = 300.0  # seconds between commits of finished fragments: what a killed score can lose
+READING_TAG = "lumos-before-score"
 
 
 def _score_locked(uri: str, score: ScoreConfig, started: float, say) -> dict:
@@ -59,6 +60,8 @@ def _score_locked(uri: str, score: ScoreConfig, started: float, say) -> dict:
     schema = pa.schema([table.schema.field(cols.AESTHETIC)])
     staging = fs.join(uri, "_staging_score")
     fs.remove_tree(staging)  # a killed score's parts: we hold the lock
+    keep_version(uri, READING_TAG)  # what a reader that started before this score may be reading
+    clean_versions(uri, unverified=True)  # and the score files a killed score wrote and never committed
     ds = add_scores(fragment_dataset(uri, table.version, list(rows)), score.model, score.clip_weights,
                     score.mlp_weights)
     ds = ds.select_columns([cols.ID, SHARD, ROW, cols.AESTHETIC])
@@ -66,6 +69,7 @@ def _score_locked(uri: str, score: ScoreConfig, started: float, say) -> dict:
     write_columns(ds.iter_rows(), uri, table.version, rows, {f: f for f in rows}, schema, COMMIT_EVERY,
                   replaces=[cols.AESTHETIC])
     fs.remove_tree(staging)
+    clean_versions(uri)  # this score's commits but the last, and older versions but the tagged one
     import lance
 
     total, scored, sum_ = 0, 0, 0.0  # a streaming scan of the one float column

@@ -25,7 +25,7 @@ import pyarrow.compute as pc
 from lumos.floor import fs
 from lumos.floor.errors import UserError
 from lumos.floor.fragment_reader import fragment_dataset
-from lumos.floor.lance_io import open_images_table, table_exists
+from lumos.floor.lance_io import clean_versions, open_images_table, table_exists
 from lumos.floor.output_lock import output_lock
 from lumos.floor.ray_runtime import describe_cluster, init_ray
 from lumos.pipeline import feature_layout as layout
@@ -79,7 +79,7 @@ def run_encode(input_uri: str, output_uri: str, encoders: list[EncoderConfig], d
         check_unique_ids(images, input_uri)
         if table_exists(output_uri):
             layout.tag_reading_version(output_uri)
-            layout.clean_versions(output_uri, unverified=True)  # what a killed run wrote and never committed
+            clean_versions(output_uri, unverified=True)  # what a killed run wrote and never committed
         staging = fs.join(output_uri, "_staging")
         fs.remove_tree(staging)
         ds, followed = layout.follow_images(images, input_uri, output_uri, say)
@@ -104,7 +104,7 @@ def run_encode(input_uri: str, output_uri: str, encoders: list[EncoderConfig], d
             if config.name not in {e.name for e in ran}:
                 say(f"{config.name}: already in {output_uri}, nothing to do")
         fs.remove_tree(staging)
-        layout.clean_versions(output_uri)
+        clean_versions(output_uri)
         stats = _stats(output_uri, ran, encoded, time.monotonic() - started, say)
         previous = fs.read_json(stats_file(output_uri)) if fs.exists(stats_file(output_uri)) else {}
         fs.write_json(stats_file(output_uri), {**previous, **stats})

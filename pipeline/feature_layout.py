@@ -19,14 +19,13 @@ end of the run every other version is cleaned up, with the files a killed run wr
 
 from __future__ import annotations
 
-import datetime
 import json
 
 import pyarrow as pa
 
 from lumos.floor.column_writer import fragment_rows
 from lumos.floor.errors import UserError
-from lumos.floor.lance_io import table_exists
+from lumos.floor.lance_io import keep_version, table_exists
 from lumos.schemas import features
 from lumos.schemas import images as cols
 
@@ -164,20 +163,4 @@ def add_fields(output_uri: str, fields: list[pa.Field], metadata: dict[str, str]
 
 def tag_reading_version(output_uri: str) -> None:
     """Tag the latest version: the one a trainer started before this run may be reading (kept by cleanup)."""
-    import lance
-
-    ds = lance.dataset(output_uri)
-    if READING_TAG in ds.tags.list():
-        ds.tags.update(READING_TAG, ds.version)
-    else:
-        ds.tags.create(READING_TAG, ds.version)
-
-
-def clean_versions(output_uri: str, unverified: bool = False):
-    """Remove every version but the latest and the tagged one; with `unverified`, the data files no version
-    refers to as well (what a killed run wrote and never committed: we hold the output's lock)."""
-    import lance
-
-    return lance.dataset(output_uri).cleanup_old_versions(older_than=datetime.timedelta(0),
-                                                          delete_unverified=unverified,
-                                                          error_if_tagged_old_versions=False)
+    keep_version(output_uri, READING_TAG)
