@@ -1,5 +1,6 @@
-"""`lumos-curate compact`: rewrite a table's small fragments into large ones with distributed Ray workers
-(lance-ray's `compact_files`), then clean the versions that made it.
+"""`lumos-curate compact`: rewrite a table's small fragments into large ones, and fragments with deleted rows
+without them, with distributed Ray workers (lance-ray's `compact_files`), then clean the versions that made
+it.
 
 Curation tables can end up with many small fragments (the mix writes a fragment per 256 rows, ingest one
 per Ray block): each costs manifest size and per-fragment work in every later job. Compact an images table
@@ -40,8 +41,9 @@ def compact_table(uri: str, rows_per_fragment: int = ROWS_PER_FRAGMENT, say=prin
         say(f"compacting {rows} rows in {before} fragments to ~{rows_per_fragment} rows a fragment")
         keep_version(uri, READING_TAG)  # a reader that started on it keeps its version
         workers = max(int(ray.cluster_resources().get("CPU", 1)), 1)
-        lance_ray.compact_files(uri, compaction_options={"target_rows_per_fragment": rows_per_fragment},
-                                num_workers=workers)
+        options = {"target_rows_per_fragment": rows_per_fragment,
+                   "materialize_deletions": True, "materialize_deletions_threshold": 0.0}  # any deleted row
+        lance_ray.compact_files(uri, compaction_options=options, num_workers=workers)
         clean_versions(uri)
         ds = lance.dataset(uri)
         if ds.count_rows() != rows:

@@ -20,6 +20,7 @@ from lumos.curation.job_dir import JobDir
 from lumos.curation.scoring import add_scores
 from lumos.floor import fs
 from lumos.floor.column_writer import WriteParts, fragment_rows, write_columns
+from lumos.floor.errors import UserError
 from lumos.floor.fragment_reader import fragment_dataset
 from lumos.floor.lance_io import clean_versions, keep_version, open_images_table
 from lumos.floor.output_lock import output_lock
@@ -55,6 +56,9 @@ READING_TAG = "lumos-before-score"
 def _score_locked(uri: str, score: ScoreConfig, started: float, say) -> dict:
     table = open_images_table(uri, "--input")  # again, under the lock: the version the workers read
     init_ray()
+    if any(f.metadata.deletion_file is not None for f in table.get_fragments()):
+        raise UserError(f"{uri} has deleted rows; compact it first (lumos-curate compact --input {uri}): a "
+                        "fragment's new scores are written for all of its rows")
     rows = {f.fragment_id: n for f in table.get_fragments() if (n := fragment_rows(f))}
     say(f"scoring {sum(rows.values())} images in {len(rows)} fragments with {score.model}")
     schema = pa.schema([table.schema.field(cols.AESTHETIC)])

@@ -6,6 +6,8 @@ import pytest
 from test_mix_and_score import _read, _table
 
 from lumos.curation.compact_job import compact_table
+from lumos.curation.dump_job import ScoreConfig
+from lumos.curation.score_job import score_table
 from lumos.floor.errors import UserError
 from lumos.pipeline.encode_job import EncoderConfig, run_encode
 
@@ -32,3 +34,9 @@ def test_compact_keeps_every_row_in_fewer_fragments(tmp_path, ray_session):
 
     with pytest.raises(UserError, match="--rows-per-fragment 0: must be >= 1"):
         compact_table(path, rows_per_fragment=0)
+
+    lance.dataset(path).delete("key = 'k3'")  # deleted rows: score asks for a compaction, which clears them
+    with pytest.raises(UserError, match="has deleted rows; compact it first"):
+        score_table(path, ScoreConfig(model="tiny"), say=lambda *_: None)
+    compact_table(path, say=lambda *_: None)
+    assert score_table(path, ScoreConfig(model="tiny"), say=lambda *_: None)["scored"] == 11
