@@ -198,9 +198,9 @@ def _encode_pass(input_uri, images_version, output_uri, configs, fragments, foll
         ds = ds.map_batches(Encode, fn_constructor_kwargs={"config": config, "device": "cuda" if use_gpu else "cpu"},
                             batch_format="pyarrow", batch_size=placement.batch_size,
                             compute=ActorPoolStrategy(size=actors), num_gpus=gpus if use_gpu else 0,
-                            # on CPU no core is reserved for an actor: a node whose cores all went to actors
-                            # (or half of one to each of two) could run no read task, and the actors would wait
-                            num_cpus=1 if use_gpu else 0)
+                            num_cpus=1 if use_gpu or len(configs) == 1 else 0)
+        # On CPU, one encoder's actor reserves a core (the decode tasks then leave it that core); several
+        # reserve none: their cores, or half of one each, could leave a node unable to run a read task.
     schema = pass_schema(configs)
     ds = ds.map_batches(WriteParts(staging, schema), batch_format="pyarrow", batch_size=None)
     with tqdm(total=total, unit="row", desc=names, disable=not progress, dynamic_ncols=True) as bar:
