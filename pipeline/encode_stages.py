@@ -19,7 +19,6 @@ import pyarrow as pa
 
 from lumos.pipeline.encoders import EncoderConfig
 from lumos.pipeline.encoders.base import ImageEncoder, decode_images
-from lumos.schemas import features
 from lumos.schemas import images as cols
 
 _BUILT: dict[EncoderConfig, object] = {}  # per worker process: a task stage is unpickled afresh for each task
