@@ -25,7 +25,7 @@ from lumos.curation.lance_sink import write_counted
 from lumos.curation.prepare import PrepareConfig, Prepared, prepare
 from lumos.curation.scoring import add_scores
 from lumos.floor.errors import UserError
-from lumos.floor.lance_io import write_json
+from lumos.floor.fs import write_json
 from lumos.floor.output_lock import output_lock
 from lumos.floor.ray_runtime import init_ray
 from lumos.schemas import dumps as names

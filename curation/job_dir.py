@@ -13,7 +13,8 @@ import os
 from dataclasses import dataclass
 
 from lumos.floor.errors import UserError
-from lumos.floor.lance_io import table_exists, write_json
+from lumos.floor.fs import write_json
+from lumos.floor.lance_io import table_exists
 from lumos.floor.output_lock import LOCK_NAME
 from lumos.schemas import images as cols
 

@@ -19,7 +19,8 @@ import pyarrow.compute as pc
 from lumos.curation.job_dir import JobDir
 from lumos.curation.lance_sink import write_counted
 from lumos.floor.errors import UserError
-from lumos.floor.lance_io import open_images_table, write_json
+from lumos.floor.fs import write_json
+from lumos.floor.lance_io import open_images_table
 from lumos.floor.output_lock import output_lock
 from lumos.floor.ray_runtime import init_ray
 from lumos.schemas import images as cols

@@ -19,7 +19,7 @@ from lumos.curation.inputs import check_web_columns, read_schemas, resolve_parqu
 from lumos.curation.job_dir import JobDir, stage_stats
 from lumos.curation.web_filter import FilterResult, WebFilterConfig, run_filter
 from lumos.floor.errors import UserError
-from lumos.floor.lance_io import write_json
+from lumos.floor.fs import write_json
 from lumos.floor.output_lock import output_lock
 from lumos.floor.ray_runtime import init_ray, on_cluster
 from lumos.schemas import web

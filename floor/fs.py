@@ -92,7 +92,7 @@ def read_json(uri: str):
 
 
 def write_json(uri: str, obj) -> None:
-    """Written whole (see write_bytes), in the layout lance_io.write_json has always used."""
+    """Written whole (see write_bytes): indented, keys sorted (stats and job records people read)."""
     write_bytes(uri, json.dumps(obj, indent=2, sort_keys=True).encode())
 
 

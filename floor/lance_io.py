@@ -1,9 +1,8 @@
 """Lance and JSON helpers every part shares: does a table exist, open an images table, keep and clean
-versions, write a file atomically."""
+versions (JSON side files: floor/fs.py)."""
 
 from __future__ import annotations
 
-import json
 import os
 
 from lumos.floor.errors import UserError
@@ -57,11 +56,3 @@ def clean_versions(uri: str, unverified: bool = False):
 
     return lance.dataset(uri).cleanup_old_versions(older_than=datetime.timedelta(0), delete_unverified=unverified,
                                                    error_if_tagged_old_versions=False)
-
-
-def write_json(path: str, obj: dict) -> None:
-    """Write atomically: a reader sees the old file or the new one, never half of one."""
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=2, sort_keys=True)
-    os.replace(tmp, path)

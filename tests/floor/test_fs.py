@@ -38,7 +38,7 @@ def test_files_round_trip(root):
     fs.write_json(stats, {"b": 1, "a": [1, 2]})
     fs.write_bytes(part, b"\x00\x01part")
     assert fs.read_json(stats) == {"a": [1, 2], "b": 1}
-    assert fs.read_bytes(stats) == b'{\n  "a": [\n    1,\n    2\n  ],\n  "b": 1\n}'  # lance_io.write_json's layout
+    assert fs.read_bytes(stats) == b'{\n  "a": [\n    1,\n    2\n  ],\n  "b": 1\n}'  # indented, keys sorted
     assert fs.read_bytes(part) == b"\x00\x01part"
     assert fs.exists(root) and fs.exists(stats) and fs.exists(fs.join(root, "_staging"))
     assert fs.list_files(root) == sorted([stats, part])  # nothing else: no temporary file left behind
