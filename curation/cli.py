@@ -16,6 +16,7 @@ os.environ.setdefault("LANCE_LOG", "error")
 from lumos.curation import options  # noqa: E402
 from lumos.curation.download import DownloadConfig  # noqa: E402
 from lumos.curation.sample import DEFAULT_PORT  # noqa: E402
+from lumos.curation.unit_writer import COMMIT_EVERY_S  # noqa: E402
 from lumos.floor.errors import UserError  # noqa: E402
 
 app = typer.Typer(
@@ -24,12 +25,14 @@ app = typer.Typer(
     help="Curate images for Lumos: filter web metadata, download, and write an images table in Lance.",
 )
 err_console = Console(stderr=True)
+COMMIT_EVERY = typer.Option(COMMIT_EVERY_S, help="Seconds between commits of finished work units (shards, tars, "
+                            "fragments): what a killed job re-run does not redo.")
 
 
 def _run_web(source: str, input: str, output: str, min_aesthetic: float, min_size: int,
              max_watermark: Optional[float], max_unsafe: Optional[float], image_size: int, no_download: bool,
              workers: Optional[int], threads: int, shard_size: int, timeout: int,
-             allow_private_urls: bool = False) -> None:
+             allow_private_urls: bool = False, commit_every: float = COMMIT_EVERY_S) -> None:
     from lumos.curation.web_job import WebJob, run_web_job
 
     job = WebJob(
@@ -38,10 +41,11 @@ def _run_web(source: str, input: str, output: str, min_aesthetic: float, min_siz
         download_config=DownloadConfig(image_size=image_size, workers=workers or os.cpu_count() or 1,
                                        threads=threads, shard_size=shard_size, timeout=timeout,
                                        allow_private_urls=allow_private_urls),
+        commit_every=commit_every,
     )
     _run(lambda: run_web_job(job, say=err_console.print),
          check=lambda: options.web_options(min_size, min_aesthetic, max_watermark, max_unsafe, image_size, workers,
-                                           threads, shard_size, timeout))
+                                           threads, shard_size, timeout, commit_every))
 
 
 def _web_command(source: str, variants: str):
@@ -69,9 +73,10 @@ def _web_command(source: str, variants: str):
             False, "--allow-private-urls", help="Also fetch URLs whose host is a loopback, private, link-local "
             "or cloud-metadata address: for a URL list that points at your own internal server; never for "
             "lists from the web."),
+        commit_every: float = COMMIT_EVERY,
     ):
         _run_web(source, input, output, min_aesthetic, min_size, max_watermark, max_unsafe, image_size,
-                 no_download, workers, threads, shard_size, timeout, allow_private_urls)
+                 no_download, workers, threads, shard_size, timeout, allow_private_urls, commit_every)
 
     command.__doc__ = (
         f"Filter {source} metadata with Ray Data, download the kept images with img2dataset, write "

@@ -89,6 +89,11 @@ def _img2dataset(kept_dir: str, output_dir: str, config: DownloadConfig, distrib
     )
 
 
+def shard_index(path: str) -> int:
+    """A shard file's number (img2dataset names it by its number, zero-padded)."""
+    return int(os.path.basename(path)[: -len(".parquet")])
+
+
 def finished_shards(output_dir: str) -> list[str]:
     """Shard files whose `_stats.json` exists: img2dataset writes it only after the shard is complete."""
     shards = []

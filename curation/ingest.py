@@ -1,5 +1,6 @@
-"""Turn img2dataset's finished shards into the images table, in one Lance commit (see lance_sink.py):
-a killed ingest leaves no table, and a finished one holds every image exactly once."""
+"""Turn img2dataset's finished shards into the images table: one Ray task a shard, whose kept rows become
+one fragment, committed with the job's progress as shards finish (curation/unit_writer.py): a killed
+ingest re-run reads only the shards not committed, and holds every image exactly once."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from dataclasses import dataclass
 import pyarrow as pa
 from PIL import Image
 
-from lumos.curation.lance_sink import SinkResult, write_counted
+from lumos.curation.unit_writer import UnitResult, write_unit
 from lumos.curation.url_guard import refusal_reason
 from lumos.curation.web_decode import decode_reason
 from lumos.schemas import images as cols
@@ -86,11 +87,13 @@ class IngestBatch:
         return pa.Table.from_pylist(rows, schema=cols.WORK_SCHEMA)
 
 
-def run_ingest(shards: list[str], config: IngestConfig, uri: str, schema: pa.Schema) -> SinkResult:
-    """Ingest img2dataset's finished `shards` into a new Lance table at `uri`, in one commit."""
-    import ray
+SHARD_BATCH_ROWS = 256  # rows of a shard in memory at a time (~15 MB of 512-px JPEG)
 
-    ds = None
-    if shards:
-        ds = ray.data.read_parquet(shards).map_batches(IngestBatch(config), batch_format="pyarrow", batch_size=256)
-    return write_counted(ds, uri, schema)
+
+def ingest_shard(index: int, shard: str, config: IngestConfig, uri: str, schema: pa.Schema) -> UnitResult:
+    """Inside a Ray task: img2dataset's shard file → its kept rows as one fragment of `uri` (not committed)."""
+    import pyarrow.parquet as pq
+
+    stage = IngestBatch(config)
+    batches = (stage(pa.Table.from_batches([b])) for b in pq.ParquetFile(shard).iter_batches(SHARD_BATCH_ROWS))
+    return write_unit(index, batches, uri, schema)

@@ -8,7 +8,8 @@ from lumos.floor.options import at_least, between, positive
 
 
 def web_options(min_size: int, min_aesthetic: float, max_watermark: float | None, max_unsafe: float | None,
-                image_size: int, workers: int | None, threads: int, shard_size: int, timeout: int) -> None:
+                image_size: int, workers: int | None, threads: int, shard_size: int, timeout: int,
+                commit_every: float = 1.0) -> None:
     """`lumos-curate laion|coyo`."""
     at_least("--min-size", min_size, 0)
     at_least("--min-aesthetic", min_aesthetic, 0)  # 0: no aesthetic filter
@@ -19,6 +20,7 @@ def web_options(min_size: int, min_aesthetic: float, max_watermark: float | None
     positive("--threads", threads)
     positive("--shard-size", shard_size)
     positive("--timeout", timeout)
+    at_least("--commit-every", commit_every, 0)
 
 
 def dump_options(min_size: int, image_size: int, min_aesthetic: float) -> None:

@@ -9,14 +9,16 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import threading
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 
-from lumos.curation.download import DownloadConfig, download, finished_shards
-from lumos.curation.ingest import IngestConfig, run_ingest
+from lumos.curation.download import DownloadConfig, download, finished_shards, shard_index
+from lumos.curation.ingest import IngestConfig, ingest_shard
 from lumos.curation.inputs import check_web_columns, read_schemas, resolve_parquet_files
 from lumos.curation.job_dir import JobDir, stage_stats
+from lumos.curation.unit_writer import COMMIT_EVERY_S, SinkResult, UnitTable, run_unit_tasks
 from lumos.curation.web_filter import FilterResult, WebFilterConfig, run_filter
 from lumos.floor.errors import UserError
 from lumos.floor.fs import write_json
@@ -24,6 +26,7 @@ from lumos.floor.output_lock import output_lock
 from lumos.floor.ray_runtime import init_ray, on_cluster
 from lumos.schemas import web
 
+POLL_S = 1.0  # how often the download folder is listed for newly finished shards
 DEFAULT_MAX_SCORE = 0.5  # watermark / unsafe probability bound applied when the metadata has the column
 
 
@@ -38,6 +41,7 @@ class WebJob:
     max_unsafe: float | None = None
     download: bool = True
     download_config: DownloadConfig = field(default_factory=DownloadConfig)
+    commit_every: float = COMMIT_EVERY_S  # seconds between commits of ingested shards (not part of the record)
 
 
 class WebJobDir(JobDir):
@@ -118,11 +122,10 @@ def _run_locked(job: WebJob, files, columns, config, record, started: float, say
 
     if job.download:
         t0 = time.monotonic()
-        shards = _download(paths, filtered.kept, job.download_config)
-        timings["download_s"] = round(time.monotonic() - t0, 3)
-        t0 = time.monotonic()
-        ingested = run_ingest(shards, IngestConfig(job.source, config.min_size), paths.images, paths.schema(record))
-        timings["ingest_s"] = round(time.monotonic() - t0, 3)
+        ingested = _download_and_ingest(paths, filtered.kept, job.download_config,
+                                        IngestConfig(job.source, config.min_size), paths.schema(record),
+                                        job.commit_every)
+        timings["download_ingest_s"] = round(time.monotonic() - t0, 3)
         lost = filtered.kept - ingested.rows
         if lost:  # img2dataset writes a row for every URL it tried: a gap means rows it never tried
             ingested.dropped["missing_from_download"] += lost
@@ -153,17 +156,71 @@ def _filter_once(files, columns, config, paths: WebJobDir) -> FilterResult:
     return result
 
 
-def _download(paths: WebJobDir, expected_rows: int, config: DownloadConfig) -> list[str]:
-    if expected_rows == 0:
-        return []
-    _clear_download_leftovers(paths.downloads)
-    shards = download(paths.kept, paths.downloads, config, "ray" if on_cluster() else "multiprocessing")
+def _download_and_ingest(paths: WebJobDir, expected_rows: int, config: DownloadConfig, ingest: IngestConfig,
+                         schema, commit_every: float) -> SinkResult:
+    """img2dataset downloads in a thread while each shard it finishes is ingested by a Ray task (one
+    fragment a shard) and committed with the job's progress: a re-run skips the committed shards, and
+    img2dataset's own resume skips the shards it finished."""
+    import ray
+    from tqdm import tqdm
+
     expected = -(-expected_rows // config.shard_size)
-    if len(shards) < expected:
-        raise UserError(
-            f"{expected - len(shards)} of {expected} download shards did not finish; re-run the same command to retry"
-        )
-    return shards
+    table = UnitTable(paths.images, schema, [f"shard-{i}" for i in range(expected)], commit_every)
+    pending = set(table.pending())
+    if not pending:
+        return table.finish()
+    _clear_download_leftovers(paths.downloads)
+    downloaded, failure = threading.Event(), []
+    task = ray.remote(ingest_shard)
+    files: dict[int, str] = {}  # shard → its file, for the shards in flight
+
+    def ingest_all() -> None:
+        try:
+            with tqdm(total=len(pending), unit="shard", desc="download+ingest", dynamic_ncols=True) as bar:
+                run_unit_tasks(table, lambda i: task.remote(i, files.pop(i), ingest, paths.images, schema),
+                               _finished_shards(downloaded, paths.downloads, set(pending), files),
+                               max_in_flight=2 * _cpus(), on_done=lambda _: bar.update(1))
+        except BaseException as err:  # noqa: BLE001 - handed to the main thread
+            failure.append(err)
+
+    # img2dataset sets signal handlers, so it keeps the main thread; the ingest follows it in another
+    ingester = threading.Thread(target=ingest_all, name="ingest", daemon=True)
+    ingester.start()
+    try:
+        download(paths.kept, paths.downloads, config, "ray" if on_cluster() else "multiprocessing")
+    finally:
+        downloaded.set()
+        ingester.join()
+    if failure:
+        raise failure[0]
+    table.commit()
+    missing = len(table.pending())
+    if missing:
+        raise UserError(f"{missing} of {expected} download shards did not finish; re-run the same command to retry")
+    return table.finish()
+
+
+def _finished_shards(downloaded: threading.Event, folder: str, pending: set[int], files: dict[int, str]):
+    """The pending shards as img2dataset finishes them (None while it waits), until it is done; each one's
+    file goes into `files`."""
+    while pending:
+        done = downloaded.is_set()  # read before listing: a shard finished before the end is then seen
+        for path in finished_shards(folder):
+            index = shard_index(path)
+            if index in pending:
+                pending.discard(index)
+                files[index] = path
+                yield index
+        if done:
+            return
+        yield None
+        time.sleep(POLL_S)
+
+
+def _cpus() -> int:
+    import ray
+
+    return max(1, int(ray.cluster_resources().get("CPU", 1)))
 
 
 def _clear_download_leftovers(folder: str) -> None:

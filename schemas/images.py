@@ -68,6 +68,8 @@ KIND_IMAGES = "images"
 # Set by the writers that keep one row per id (every lumos-curate job since keys are de-duplicated): readers
 # trust it; a table without it (made before) may repeat ids and is checked before it is encoded.
 META_UNIQUE_IDS = "lumos.unique_ids"
+# A curation job's progress, committed with its fragments (curation/unit_writer.py): units done, rows counted.
+META_PROGRESS = "lumos.progress"
 
 
 class SchemaError(ValueError):
