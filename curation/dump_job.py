@@ -1,9 +1,16 @@
-"""`lumos-curate sam|journeydb|imagenet`: read a local dump, prepare and score each image, filter, and
-write the images table in one Lance commit.
+"""`lumos-curate sam|journeydb|imagenet`: read a dump, prepare and score each image, filter, and write the
+images table unit by unit (a tar, an archive, a chunk of files), committed as units finish.
 
-    units (driver) → [SA-1B: find repeated keys, curation/dedup.py] → read + decode/check/resize (CPU tasks)
-                   → CLIP preprocess (CPU tasks) → aesthetic model (actor pool, GPUs when present)
-                   → threshold → Lance, with counts
+    units (driver) → plan: distributed pre-passes (SA-1B repeated keys and captions, JourneyDB annotations)
+                   → read + decode/check/resize (CPU tasks) → CLIP preprocess (CPU tasks)
+                   → aesthetic model (actor pool, GPUs when present) → threshold
+                   → WriteUnitParts: each unit's rows into part files (CPU tasks)
+    driver: once a unit's parts hold all its rows, a Ray task writes them as ONE fragment (finalize_unit);
+            finished units are committed with the job's progress every --commit-every s (unit_writer.py)
+
+A killed job re-run reads only the units not committed. The image bytes are written twice (a part, then
+the fragment; each part is deleted once its unit's fragment is written): the price of fragments the size
+of a unit from a pipeline whose blocks mix units and pass through an actor pool.
 
 The whole run holds the output's lock (one writer per folder). Nothing a file holds can stop the job: a
 bad image, sidecar or annotation is a reason on its row, an unreadable archive one row of its own, named
@@ -14,24 +21,32 @@ from __future__ import annotations
 
 import json
 import time
+import uuid
 from dataclasses import asdict, dataclass
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from lumos.curation.dumps import RawImage, one_line
 from lumos.curation.filters import Threshold
 from lumos.curation.job_dir import JobDir, stage_stats
-from lumos.curation.lance_sink import write_counted
+from lumos.curation.unit_writer import COMMIT_EVERY_S, UnitResult, UnitTable, run_unit_tasks, write_unit
 from lumos.curation.prepare import PrepareConfig, Prepared, prepare
 from lumos.curation.scoring import add_scores
 from lumos.floor.errors import UserError
+from lumos.floor import fs
+from lumos.floor.column_writer import ipc_bytes, read_ipc
 from lumos.floor.fs import write_json
 from lumos.floor.output_lock import output_lock
 from lumos.floor.ray_runtime import init_ray
 from lumos.schemas import dumps as names
 from lumos.schemas import images as cols
+from lumos.schemas.features import PART_PATH, PART_ROWS
 
 ROWS_PER_BLOCK = 64
+UNIT_JSON = "unit_json"  # in flight: the work unit's description, for ReadPrepare
+LISTED = ("unreadable_archive",)  # few by nature (one row per archive): named in stats.json
+MAX_FINALIZING = 4  # units being written as fragments at a time (each streams its parts, ~one batch in memory)
 
 
 @dataclass
@@ -56,15 +71,25 @@ class ReadPrepare:
     config: PrepareConfig
 
     def __call__(self, batch: pa.Table):
-        rows = []
-        for unit in batch["unit"].to_pylist():
-            for raw in self.raws(json.loads(unit)):
-                rows.append(self.row(raw))
-                if len(rows) == ROWS_PER_BLOCK:
-                    yield pa.Table.from_pylist(rows, schema=names.DUMP_WORK_SCHEMA)
-                    rows = []
-        if rows:
-            yield pa.Table.from_pylist(rows, schema=names.DUMP_WORK_SCHEMA)
+        for unit, index in zip(batch[UNIT_JSON].to_pylist(), batch[cols.UNIT].to_pylist()):
+            yield from self.blocks(json.loads(unit), index)
+
+    def blocks(self, unit: dict, index: int):
+        """The unit's rows in blocks tagged with the unit's index; the last block also says how many rows the
+        unit has (`unit_rows`), so that the writer knows when the unit is whole (one block is held back)."""
+        rows, held, total = [], None, 0
+        for raw in self.raws(unit):
+            rows.append(self.row(raw))
+            total += 1
+            if len(rows) == ROWS_PER_BLOCK:
+                if held is not None:
+                    yield _tagged(held, index, None)
+                held, rows = rows, []
+        last = rows or held
+        if held is not None and rows:
+            yield _tagged(held, index, None)
+        if last:
+            yield _tagged(last, index, total)
 
     def raws(self, unit: dict):
         """The reader's rows; should it fail all the same, the unit becomes one unreadable row (the rows
@@ -103,6 +128,70 @@ class ReadPrepare:
         }
 
 
+
+def _tagged(rows: list[dict], index: int, total: int | None) -> pa.Table:
+    table = pa.Table.from_pylist(rows, schema=names.DUMP_WORK_SCHEMA)
+    return table.append_column(cols.UNIT, pa.array([index] * len(rows), pa.int64())).append_column(
+        cols.UNIT_ROWS, pa.array([total] * len(rows), pa.int64()))
+
+
+@dataclass
+class WriteUnitParts:
+    """CPU stage, last of the pipeline: each unit's rows of the block → one part file (Arrow IPC) in
+    `staging`; out: one small row per part (unit, rows, the unit's total when this block knows it, path)."""
+
+    staging: str
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        out = []
+        for index in pc.unique(batch[cols.UNIT]).to_pylist():
+            rows = batch.filter(pc.equal(batch[cols.UNIT], index))
+            total = pc.max(rows[cols.UNIT_ROWS]).as_py()
+            rows = rows.select(names.DUMP_WORK_SCHEMA.names).cast(names.DUMP_WORK_SCHEMA)
+            path = fs.join(self.staging, str(index), f"{uuid.uuid4().hex}.arrow")
+            fs.write_bytes(path, ipc_bytes(rows))
+            out.append({cols.UNIT: index, PART_ROWS: rows.num_rows, cols.UNIT_ROWS: total, PART_PATH: path})
+        return pa.Table.from_pylist(out, schema=PART_SCHEMA)
+
+
+PART_SCHEMA = pa.schema([(cols.UNIT, pa.int64()), (PART_ROWS, pa.int64()), (cols.UNIT_ROWS, pa.int64()),
+                         (PART_PATH, pa.string())])
+
+
+def finalize_unit(index: int, parts: list[str], uri: str, schema: pa.Schema) -> UnitResult:
+    """Inside a Ray task: every part of one unit → its kept rows as one fragment of `uri` (not committed)."""
+    result = write_unit(index, (read_ipc(p) for p in parts), uri, schema, listed=LISTED)
+    for path in parts:
+        fs.remove(path)
+    return result
+
+
+def whole_units(parts_rows, pending: list[int], parts: dict[int, list[str]]):
+    """Driver: the pipeline's small part rows → the index of each unit once all its rows are in parts (None
+    between blocks), its part files in `parts`; at the end, every unit not yet whole (a unit that gave no
+    row at all leaves no part)."""
+    seen: dict[int, list] = {}  # unit → [rows so far, total or None]: units in flight only
+    for block in parts_rows:
+        for row in block.to_pylist():
+            index = row[cols.UNIT]
+            entry = seen.setdefault(index, [0, None])
+            entry[0] += row[PART_ROWS]
+            entry[1] = entry[1] if row[cols.UNIT_ROWS] is None else row[cols.UNIT_ROWS]
+            parts.setdefault(index, []).append(row[PART_PATH])
+            if entry[0] == entry[1]:
+                del seen[index]
+                yield index
+        yield None
+    for index, (rows, total) in seen.items():
+        if total is not None and rows != total:
+            raise RuntimeError(f"work unit {index}: {rows} rows written of {total}")
+    done = set(seen)
+    for index in pending:  # every row went through: what is left is whole
+        if index in done or index not in parts:
+            parts.setdefault(index, [])
+            yield index
+
+
 @dataclass
 class AestheticGate:
     """Drop rows still kept whose score is below `bound` (NaN or missing: `aesthetic_missing`)."""
@@ -118,18 +207,19 @@ class AestheticGate:
 
 
 def run_dump_job(reader, output: str, prepare_config: PrepareConfig, score: ScoreConfig | None,
-                 record_extra: dict, say=print) -> dict:
+                 record_extra: dict, say=print, commit_every: float = COMMIT_EVERY_S) -> dict:
     started = time.monotonic()
     units = reader.units()  # the inputs are checked before the output is touched
     record = {"source": reader.source, **record_extra, "prepare": asdict(prepare_config),
               "score": asdict(score) if score else None}
     with output_lock(output, f"lumos-curate {reader.source}"):
-        return _run_locked(reader, units, record, output, prepare_config, score, started, say)
+        return _run_locked(reader, units, record, output, prepare_config, score, started, say, commit_every)
 
 
 def _run_locked(reader, units: list[dict], record: dict, output: str, prepare_config: PrepareConfig,
-                score: ScoreConfig | None, started: float, say) -> dict:
+                score: ScoreConfig | None, started: float, say, commit_every: float) -> dict:
     import ray
+    from tqdm import tqdm
 
     paths = JobDir(output)
     if paths.finished(record):
@@ -143,16 +233,33 @@ def _run_locked(reader, units: list[dict], record: dict, output: str, prepare_co
     init_ray()
     say(f"{reader.source}: {len(units)} work units")
     dedup_started = time.monotonic()
-    reader = reader.dedup(units)  # SA-1B: a pre-pass over the tar headers finds repeated keys
-    timings = {"dedup_s": round(time.monotonic() - dedup_started, 3)}
+    reader, units = (reader.plan(units, paths.work) if hasattr(reader, "plan")  # TEMP until plan() lands
+                     else (reader.dedup(units), units))
+    timings = {"plan_s": round(time.monotonic() - dedup_started, 3)}
 
-    ds = ray.data.from_items([{"unit": json.dumps(u)} for u in units], override_num_blocks=len(units))
-    ds = ds.map_batches(ReadPrepare(reader, prepare_config), batch_format="pyarrow", batch_size=1)
-    if score is not None:
-        ds = add_scores(ds, score.model, score.clip_weights, score.mlp_weights)
-        if score.min_aesthetic > 0:
-            ds = ds.map_batches(AestheticGate(score.min_aesthetic), batch_format="pyarrow", batch_size=None)
-    result = write_counted(ds, paths.images, paths.schema(record), listed=("unreadable_archive",))
+    table = UnitTable(paths.images, paths.schema(record), [json.dumps(u, sort_keys=True) for u in units],
+                      commit_every)
+    pending = table.pending()
+    staging = fs.join(paths.work, "parts")
+    fs.remove_tree(staging)  # a killed run's parts: their units were not committed and are read again
+    if pending:
+        ds = ray.data.from_items([{UNIT_JSON: json.dumps(units[i]), cols.UNIT: i} for i in pending],
+                                 override_num_blocks=len(pending))
+        ds = ds.map_batches(ReadPrepare(reader, prepare_config), batch_format="pyarrow", batch_size=1)
+        if score is not None:
+            ds = add_scores(ds, score.model, score.clip_weights, score.mlp_weights)
+            if score.min_aesthetic > 0:
+                ds = ds.map_batches(AestheticGate(score.min_aesthetic), batch_format="pyarrow", batch_size=None)
+        ds = ds.map_batches(WriteUnitParts(staging), batch_format="pyarrow", batch_size=None)
+        parts: dict[int, list[str]] = {}
+        finalize = ray.remote(finalize_unit)
+        schema = paths.schema(record)
+        with tqdm(total=len(pending), unit="unit", desc=reader.source, dynamic_ncols=True) as bar:
+            run_unit_tasks(table, lambda i: finalize.remote(i, parts.pop(i), paths.images, schema),
+                           whole_units(ds.iter_batches(batch_format="pyarrow", batch_size=None), pending, parts),
+                           max_in_flight=MAX_FINALIZING, on_done=lambda _: bar.update(1))
+    result = table.finish()
+    fs.remove_tree(staging)
 
     timings["total_s"] = round(time.monotonic() - started, 3)
     stats = {**stage_stats(result.rows, result.kept, result.dropped), "unreadable_archives": result.listed,

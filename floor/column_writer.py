@@ -46,7 +46,7 @@ class WriteParts:
         for shard in pc.unique(batch[SHARD]).to_pylist():
             rows = batch.filter(pc.equal(batch[SHARD], shard)).select(schema.names).cast(schema)
             path = fs.join(self.staging, str(shard), f"{uuid.uuid4().hex}.arrow")
-            fs.write_bytes(path, _ipc_bytes(rows))
+            fs.write_bytes(path, ipc_bytes(rows))
             out.append({SHARD: shard, PART_ROWS: rows.num_rows, PART_PATH: path})
         return pa.Table.from_pylist(out, schema=pa.schema([(SHARD, pa.int64()), (PART_ROWS, pa.int64()),
                                                            (PART_PATH, pa.string())]))
@@ -57,14 +57,14 @@ def fragment_rows(fragment) -> int:
     return fragment.count_rows() if fragment.metadata.deletion_file is not None else fragment.metadata.physical_rows
 
 
-def _ipc_bytes(table: pa.Table) -> bytes:
+def ipc_bytes(table: pa.Table) -> bytes:
     sink = pa.BufferOutputStream()
     with pa.ipc.new_stream(sink, table.schema) as writer:
         writer.write_table(table)
     return sink.getvalue().to_pybytes()
 
 
-def _read_part(path: str) -> pa.Table:
+def read_ipc(path: str) -> pa.Table:
     return pa.ipc.open_stream(pa.py_buffer(fs.read_bytes(path))).read_all()
 
 
@@ -80,7 +80,7 @@ def finalize_fragment(uri: str, version: int, fragment_id: int, parts: list[str]
     from lumos.floor.fragment_reader import open_version
 
     ds = open_version(uri, version)
-    table = pa.concat_tables([_read_part(p) for p in parts]).sort_by(ROW)
+    table = pa.concat_tables([read_ipc(p) for p in parts]).sort_by(ROW)
     ids = ds.get_fragment(fragment_id).to_table(columns=[ID])[ID]
     if not np.array_equal(table[ROW].to_numpy(), np.arange(len(ids))) or not table[ID].equals(ids):
         raise RuntimeError(f"{uri} fragment {fragment_id}: the rows written do not match its {len(ids)} ids")

@@ -61,6 +61,10 @@ WORK_SCHEMA = pa.schema(
     [f.with_nullable(True) for f in IMAGES_SCHEMA] + [pa.field(DROP_REASON, pa.string())]
 )
 
+# In flight only, in the dump jobs: the work unit a row comes from, and on the unit's last block its row count.
+UNIT = "unit"
+UNIT_ROWS = "unit_rows"
+
 # Table metadata keys (stored as the Arrow schema metadata of the Lance table).
 META_KIND = "lumos.kind"
 META_JOB = "lumos.job"
