@@ -241,6 +241,7 @@ def mix(
     dedup: str = typer.Option("sha256", help="sha256: drop images with the same bytes across and within "
                               "sources; none: only the same id."),
     seed: int = typer.Option(0, help="Seed of the choice made by --take."),
+    commit_every: float = COMMIT_EVERY,
 ):
     """Mix images tables into one: duplicates removed, caps per source, ids kept, stats per source."""
     from lumos.curation.mix_job import run_mix
@@ -249,8 +250,9 @@ def mix(
         caps = options.take_option(take)
         if dedup not in ("sha256", "none"):
             raise UserError(f"--dedup {dedup}: expected sha256 or none")
-        return run_mix([os.path.abspath(i) for i in input], output, caps, dedup == "sha256", seed,
-                       say=err_console.print)
+        options.at_least("--commit-every", commit_every, 0)
+        return run_mix([i if "://" in i else os.path.abspath(i) for i in input], output, caps, dedup == "sha256",
+                       seed, say=err_console.print, commit_every=commit_every)
 
     _run(job)
 

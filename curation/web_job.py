@@ -23,7 +23,7 @@ from lumos.curation.web_filter import FilterResult, WebFilterConfig, run_filter
 from lumos.floor.errors import UserError
 from lumos.floor.fs import write_json
 from lumos.floor.output_lock import output_lock
-from lumos.floor.ray_runtime import init_ray, on_cluster
+from lumos.floor.ray_runtime import cluster_cpus, init_ray, on_cluster
 from lumos.schemas import web
 
 POLL_S = 1.0  # how often the download folder is listed for newly finished shards
@@ -179,7 +179,7 @@ def _download_and_ingest(paths: WebJobDir, expected_rows: int, config: DownloadC
             with tqdm(total=len(pending), unit="shard", desc="download+ingest", dynamic_ncols=True) as bar:
                 run_unit_tasks(table, lambda i: task.remote(i, files.pop(i), ingest, paths.images, schema),
                                _finished_shards(downloaded, paths.downloads, set(pending), files),
-                               max_in_flight=2 * _cpus(), on_done=lambda _: bar.update(1))
+                               max_in_flight=2 * cluster_cpus(), on_done=lambda _: bar.update(1))
         except BaseException as err:  # noqa: BLE001 - handed to the main thread
             failure.append(err)
 
@@ -215,12 +215,6 @@ def _finished_shards(downloaded: threading.Event, folder: str, pending: set[int]
             return
         yield None
         time.sleep(POLL_S)
-
-
-def _cpus() -> int:
-    import ray
-
-    return max(1, int(ray.cluster_resources().get("CPU", 1)))
 
 
 def _clear_download_leftovers(folder: str) -> None:

@@ -30,6 +30,13 @@ def init_ray(num_cpus: int | None = None) -> None:
     ctx.max_errored_blocks = 0
 
 
+def cluster_cpus() -> int:
+    """The CPUs of the cluster (at least 1): how many plain tasks to keep in flight."""
+    import ray
+
+    return max(1, int(ray.cluster_resources().get("CPU", 1)))
+
+
 def on_cluster() -> bool:
     return bool(os.environ.get("RAY_ADDRESS"))
 

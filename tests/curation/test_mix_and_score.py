@@ -101,3 +101,85 @@ def test_score_fills_the_aesthetic_column_in_place(tmp_path, ray_session):
     assert not set(refreshed) & (set(after) - set(files)) and not os.path.exists(os.path.join(path, "_staging_score"))
     assert dict(zip(*(ds.to_table(columns=[cols.ID, cols.AESTHETIC])[c].to_pylist()
                       for c in (cols.ID, cols.AESTHETIC)))) == scores
+
+
+def _many(path, source, keys, tags, rows_per_fragment):
+    """A table of small rows (one shared 1x1 JPEG), for counts rather than pixels."""
+    image = encode(synthetic_image(8, 8, 0))
+    n = len(keys)
+    schema = cols.images_schema({"job": {"source": source}}, unique_ids=True)
+    table = pa.table({cols.ID: [cols.make_id(source, k) for k in keys], cols.SOURCE: [source] * n, cols.KEY: keys,
+                      cols.ORIGINAL_WIDTH: pa.array([8] * n, pa.int32()), cols.ORIGINAL_HEIGHT: pa.array([8] * n, pa.int32()),
+                      cols.WIDTH: pa.array([8] * n, pa.int32()), cols.HEIGHT: pa.array([8] * n, pa.int32()),
+                      cols.SHA256: tags, cols.IMAGE: pa.array([image] * n, pa.large_binary())})
+    full = pa.table({f.name: table[f.name] if f.name in table.column_names else pa.nulls(n, f.type) for f in schema},
+                    schema=schema)
+    lance.write_dataset(full, path, schema=schema, max_rows_per_file=rows_per_fragment)
+    return path
+
+
+def test_mix_caps_are_exact_and_follow_the_seeded_order_at_size(tmp_path, ray_session):
+    """3,000 + 2,000 rows, 10% of b's bytes also in a: the kept set equals a plain reference (first input wins a
+    shared sha256, then the cap keeps the first N of sha1(seed:id)); one fragment of the mix per input fragment."""
+    a_keys, b_keys = [f"a{i}" for i in range(3000)], [f"b{i}" for i in range(2000)]
+    a_tags = [f"sa{i}" for i in range(3000)]
+    b_tags = [f"sa{i}" if i % 10 == 0 else f"sb{i}" for i in range(2000)]  # every tenth repeats a's bytes
+    a = _many(str(tmp_path / "a.lance"), "laion", a_keys, a_tags, 1000)
+    b = _many(str(tmp_path / "b.lance"), "sam", b_keys, b_tags, 500)
+    take = {"laion": 1234, "sam": 1700}
+    stats = run_mix([a, b], str(tmp_path / "mix"), take, dedup=True, seed=7, say=lambda *_: None)
+
+    def first(ids, n):
+        return set(sorted(ids, key=lambda i: hashlib.sha1(f"7:{i}".encode()).hexdigest())[:n])
+
+    laion = first([cols.make_id("laion", k) for k in a_keys], 1234)
+    sam_left = [cols.make_id("sam", k) for k, t in zip(b_keys, b_tags) if t.startswith("sb")]
+    sam = first(sam_left, 1700) if len(sam_left) > 1700 else set(sam_left)
+    ds = lance.dataset(str(tmp_path / "mix" / "images.lance"))
+    ids = ds.to_table(columns=[cols.ID])[cols.ID].to_pylist()
+    assert len(ids) == len(set(ids)) and set(ids) == laion | sam
+    assert stats["sources"]["laion"] == {"rows": 3000, "kept": 1234, "dropped": {"over_cap": 1766}}
+    assert stats["sources"]["sam"] == {"rows": 2000, "kept": len(sam),
+                                       "dropped": {"duplicate_sha256": 200, **({"over_cap": 1800 - 1700})}}
+    assert len(ds.get_fragments()) == 3 + 4 and len(ds.versions()) == 1
+
+
+def test_killed_mix_resumes_without_duplicates(tmp_path, ray_session):
+    """A mix killed (SIGKILL) after some fragments were committed, re-run: the same table as an uninterrupted
+    mix, every id once; the fragments committed before the kill keep their files."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from lumos.curation.unit_writer import read_progress
+
+    keys = [f"k{i}" for i in range(1200)]
+    a = _many(str(tmp_path / "a.lance"), "laion", keys[:600], [f"s{i}" for i in range(600)], 50)
+    b = _many(str(tmp_path / "b.lance"), "sam", keys[600:], [f"s{i - 600}" if i % 10 == 0 else f"s{i}" for i in range(600, 1200)], 50)
+    out = str(tmp_path / "killed")
+    cli = [sys.executable, "-m", "lumos.curation.cli", "mix", "--input", a, "--input", b, "--output", out,
+           "--take", "sam=400", "--commit-every", "0"]
+    proc = subprocess.Popen(cli, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    images, progress, deadline = os.path.join(out, "images.lance"), None, time.monotonic() + 240
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            progress = read_progress(images)
+        except Exception:  # noqa: BLE001 - the table is being created
+            progress = None
+        if progress is not None and sum(progress.is_done(i) for i in range(progress.units)) >= 3:
+            break
+        time.sleep(0.02)
+    assert proc.poll() is None, "the mix finished before it could be killed"
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    committed = sum(progress.is_done(i) for i in range(progress.units))
+    assert 3 <= committed < progress.units == 24
+    kept_files = _files(images)
+    resumed = subprocess.run(cli, capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert {p: s for p, s in _files(images).items() if p in kept_files} == kept_files
+
+    reference = run_mix([a, b], str(tmp_path / "reference"), {"sam": 400}, dedup=True, seed=0, say=lambda *_: None)
+    assert _read(images) == _read(str(tmp_path / "reference" / "images.lance"))
+    assert reference["kept"] == lance.dataset(images).count_rows() == 600 + 400
