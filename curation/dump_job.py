@@ -38,6 +38,7 @@ from lumos.floor import fs
 from lumos.floor.column_writer import ipc_bytes, read_ipc
 from lumos.floor.fs import write_json
 from lumos.floor.output_lock import output_lock
+from lumos.floor.stages import Placement, Stage, run_stage
 from lumos.floor.ray_runtime import init_ray
 from lumos.schemas import dumps as names
 from lumos.schemas import images as cols
@@ -64,11 +65,14 @@ class ScoreConfig:
 
 
 @dataclass
-class ReadPrepare:
+class ReadPrepare(Stage):
     """CPU stage: one work unit in, blocks of images-table rows (with a drop reason) out."""
 
     reader: object
     config: PrepareConfig
+
+    def placement(self) -> Placement:
+        return Placement(batch_size=1)  # one unit a call
 
     def __call__(self, batch: pa.Table):
         for unit, index in zip(batch[UNIT_JSON].to_pylist(), batch[cols.UNIT].to_pylist()):
@@ -136,7 +140,7 @@ def _tagged(rows: list[dict], index: int, total: int | None) -> pa.Table:
 
 
 @dataclass
-class WriteUnitParts:
+class WriteUnitParts(Stage):
     """CPU stage, last of the pipeline: each unit's rows of the block → one part file (Arrow IPC) in
     `staging`; out: one small row per part (unit, rows, the unit's total when this block knows it, path)."""
 
@@ -193,7 +197,7 @@ def whole_units(parts_rows, pending: list[int], parts: dict[int, list[str]]):
 
 
 @dataclass
-class AestheticGate:
+class AestheticGate(Stage):
     """Drop rows still kept whose score is below `bound` (NaN or missing: `aesthetic_missing`)."""
 
     bound: float
@@ -245,12 +249,12 @@ def _run_locked(reader, units: list[dict], record: dict, output: str, prepare_co
     if pending:
         ds = ray.data.from_items([{UNIT_JSON: json.dumps(units[i]), cols.UNIT: i} for i in pending],
                                  override_num_blocks=len(pending))
-        ds = ds.map_batches(ReadPrepare(reader, prepare_config), batch_format="pyarrow", batch_size=1)
+        ds = run_stage(ds, ReadPrepare(reader, prepare_config))
         if score is not None:
             ds = add_scores(ds, score.model, score.clip_weights, score.mlp_weights)
             if score.min_aesthetic > 0:
-                ds = ds.map_batches(AestheticGate(score.min_aesthetic), batch_format="pyarrow", batch_size=None)
-        ds = ds.map_batches(WriteUnitParts(staging), batch_format="pyarrow", batch_size=None)
+                ds = run_stage(ds, AestheticGate(score.min_aesthetic))
+        ds = run_stage(ds, WriteUnitParts(staging))
         parts: dict[int, list[str]] = {}
         finalize = ray.remote(finalize_unit)
         schema = paths.schema(record)

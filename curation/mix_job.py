@@ -42,6 +42,7 @@ from lumos.floor.fs import write_json
 from lumos.floor.lance_io import open_images_table
 from lumos.floor.output_lock import output_lock
 from lumos.floor.ray_runtime import cluster_cpus, init_ray
+from lumos.floor.stages import Placement, Stage, run_stage
 from lumos.schemas import images as cols
 
 INPUT = "input_index"
@@ -56,11 +57,14 @@ INDEX_SCHEMA = pa.schema([(cols.ID, pa.string()), (cols.SOURCE, pa.string()), (c
 
 
 @dataclass
-class IndexRows:
+class IndexRows(Stage):
     """Ray stage: (input, fragment) in, that fragment's (id, source, sha256, address) out, none dropped."""
 
     inputs: list[str]
     versions: list[int]
+
+    def placement(self) -> Placement:
+        return Placement(batch_size=1)  # one fragment a call
 
     def __call__(self, batch: pa.Table):
         from lumos.floor.fragment_reader import open_version
@@ -100,7 +104,7 @@ def ranks(ids: pa.Array, seed: int) -> pa.Array:
 
 
 @dataclass
-class CapRanks:
+class CapRanks(Stage):
     """Ray stage: the rank of each row still kept of a capped source (null elsewhere)."""
 
     capped: list[str]
@@ -112,19 +116,21 @@ class CapRanks:
         return batch.append_column(RANK, rank)
 
 
-def _histogram(batch: pa.Table) -> pa.Table:
+@dataclass
+class Histogram(Stage):
     """Ray stage: per (source, bucket), how many ranked rows a block holds."""
-    ranked = batch.filter(pc.is_valid(batch[RANK]))
-    buckets = pc.utf8_slice_codeunits(ranked[RANK], 0, BUCKET_HEX)
-    table = pa.table({cols.SOURCE: ranked[cols.SOURCE], "bucket": buckets})
-    return table.group_by([cols.SOURCE, "bucket"], use_threads=False).aggregate([([], "count_all")])
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        ranked = batch.filter(pc.is_valid(batch[RANK]))
+        buckets = pc.utf8_slice_codeunits(ranked[RANK], 0, BUCKET_HEX)
+        table = pa.table({cols.SOURCE: ranked[cols.SOURCE], "bucket": buckets})
+        return table.group_by([cols.SOURCE, "bucket"], use_threads=False).aggregate([([], "count_all")])
 
 
 def _cutoffs(ranked, caps: dict[str, int]) -> dict[str, str]:
     """For each capped source with more rows than its cap: the rank of its N-th row (rows at or under it stay)."""
     counts: dict[str, np.ndarray] = {s: np.zeros(16 ** BUCKET_HEX, np.int64) for s in caps}
-    for block in ranked.map_batches(_histogram, batch_format="pyarrow", batch_size=None).iter_batches(
-            batch_format="pyarrow", batch_size=None):
+    for block in run_stage(ranked, Histogram()).iter_batches(batch_format="pyarrow", batch_size=None):
         for source, bucket, n in zip(*(block[c].to_pylist() for c in (cols.SOURCE, "bucket", "count_all"))):
             counts[source][int(bucket, 16)] += n
     cutoffs = {}
@@ -139,27 +145,35 @@ def _cutoffs(ranked, caps: dict[str, int]) -> dict[str, str]:
         bucket = int(np.searchsorted(cumulative, cap))  # the bucket holding the cap-th row
         before = int(cumulative[bucket - 1]) if bucket else 0
         prefix = f"{bucket:0{BUCKET_HEX}x}"
-        in_bucket = ranked.map_batches(_in_bucket(source, prefix), batch_format="pyarrow", batch_size=None)
+        in_bucket = run_stage(ranked, RanksIn(source, prefix))
         ranks_there = sorted(r for b in in_bucket.iter_batches(batch_format="pyarrow", batch_size=None)
                              for r in b[RANK].to_pylist())  # ~rows/65,536 of them
         cutoffs[source] = ranks_there[cap - before - 1]
     return cutoffs
 
 
-def _in_bucket(source: str, prefix: str):
-    def ranks_in(batch: pa.Table) -> pa.Table:
-        mine = pc.and_(pc.equal(batch[cols.SOURCE], source), pc.starts_with(batch[RANK], prefix)).fill_null(False)
-        return batch.filter(mine).select([RANK])
+@dataclass
+class RanksIn(Stage):
+    """Ray stage: the ranks of one source's rows in one histogram bucket."""
 
-    return ranks_in
+    source: str
+    prefix: str
 
-
-def _kept(batch: pa.Table) -> pa.Table:
-    return batch.filter(pc.is_null(batch[cols.DROP_REASON]))
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        mine = pc.and_(pc.equal(batch[cols.SOURCE], self.source), pc.starts_with(batch[RANK], self.prefix))
+        return batch.filter(mine.fill_null(False)).select([RANK])
 
 
 @dataclass
-class ApplyCaps:
+class Kept(Stage):
+    """Ray stage: the rows with no drop reason."""
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        return batch.filter(pc.is_null(batch[cols.DROP_REASON]))
+
+
+@dataclass
+class ApplyCaps(Stage):
     """Ray stage: a ranked row over its source's cut-off is dropped as `over_cap`."""
 
     cutoffs: dict[str, str]
@@ -174,10 +188,14 @@ class ApplyCaps:
         return batch.drop_columns([RANK])
 
 
-def _counts(batch: pa.Table) -> pa.Table:
+@dataclass
+class CountReasons(Stage):
     """Ray stage: rows per (source, drop reason) in a block (reason "" for the kept rows)."""
-    table = pa.table({cols.SOURCE: batch[cols.SOURCE], cols.DROP_REASON: pc.fill_null(batch[cols.DROP_REASON], "")})
-    return table.group_by([cols.SOURCE, cols.DROP_REASON], use_threads=False).aggregate([([], "count_all")])
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        reasons = pc.fill_null(batch[cols.DROP_REASON], "")
+        table = pa.table({cols.SOURCE: batch[cols.SOURCE], cols.DROP_REASON: reasons})
+        return table.group_by([cols.SOURCE, cols.DROP_REASON], use_threads=False).aggregate([([], "count_all")])
 
 
 def _write_selection(folder: str):
@@ -212,7 +230,7 @@ def select(inputs: list[str], versions: list[int], units: list[tuple[int, int]],
     import ray
 
     ds = ray.data.from_items([{INPUT: i, FRAGMENT: f} for i, f in units], override_num_blocks=max(len(units), 1))
-    ds = ds.map_batches(IndexRows(inputs, versions), batch_format="pyarrow", batch_size=1)
+    ds = run_stage(ds, IndexRows(inputs, versions))
     ds = _groupby(ds, cols.ID).map_groups(first_per_group("duplicate_id"), batch_format="pyarrow")
     if dedup:
         ds = _groupby(ds, cols.SHA256).map_groups(first_per_group("duplicate_sha256"), batch_format="pyarrow")
@@ -221,12 +239,11 @@ def select(inputs: list[str], versions: list[int], units: list[tuple[int, int]],
     ds.write_parquet(verdicts)
     ds = ray.data.read_parquet(verdicts)
     if take:
-        ranked = ds.map_batches(CapRanks(sorted(take), seed), batch_format="pyarrow", batch_size=None).materialize()
-        ds = ranked.map_batches(ApplyCaps(_cutoffs(ranked, take)), batch_format="pyarrow", batch_size=None)
+        ranked = run_stage(ds, CapRanks(sorted(take), seed)).materialize()
+        ds = run_stage(ranked, ApplyCaps(_cutoffs(ranked, take)))
         ds = ds.materialize()  # read twice below: counted, then grouped
     per_source: dict[str, dict] = {}
-    for block in ds.map_batches(_counts, batch_format="pyarrow", batch_size=None).iter_batches(
-            batch_format="pyarrow", batch_size=None):
+    for block in run_stage(ds, CountReasons()).iter_batches(batch_format="pyarrow", batch_size=None):
         for source, reason, n in zip(*(block[c].to_pylist() for c in (cols.SOURCE, cols.DROP_REASON, "count_all"))):
             entry = per_source.setdefault(source, {"rows": 0, "kept": 0, "dropped": Counter()})
             entry["rows"] += n
@@ -236,7 +253,7 @@ def select(inputs: list[str], versions: list[int], units: list[tuple[int, int]],
                 entry["kept"] += n
     selection = fs.join(work, "selection")
     fs.remove_tree(selection)
-    kept = ds.map_batches(_kept, batch_format="pyarrow", batch_size=None)
+    kept = run_stage(ds, Kept())
     chosen = {}
     position = {unit: k for k, unit in enumerate(units)}
     written = _groupby(kept, [INPUT, FRAGMENT]).map_groups(_write_selection(selection), batch_format="pyarrow")

@@ -23,6 +23,7 @@ from lumos.floor.column_writer import WriteParts, fragment_rows, write_columns
 from lumos.floor.errors import UserError
 from lumos.floor.fragment_reader import fragment_dataset
 from lumos.floor.lance_io import clean_versions, keep_version, open_images_table
+from lumos.floor.stages import run_stage
 from lumos.floor.output_lock import output_lock
 from lumos.floor.ray_runtime import init_ray
 from lumos.schemas import images as cols
@@ -69,7 +70,7 @@ def _score_locked(uri: str, score: ScoreConfig, started: float, say) -> dict:
     ds = add_scores(fragment_dataset(uri, table.version, list(rows)), score.model, score.clip_weights,
                     score.mlp_weights)
     ds = ds.select_columns([cols.ID, SHARD, ROW, cols.AESTHETIC])
-    ds = ds.map_batches(WriteParts(staging, schema), batch_format="pyarrow", batch_size=None)
+    ds = run_stage(ds, WriteParts(staging, schema))
     write_columns(ds.iter_rows(), uri, table.version, rows, {f: f for f in rows}, schema, COMMIT_EVERY,
                   replaces=[cols.AESTHETIC])
     fs.remove_tree(staging)

@@ -13,17 +13,22 @@ import pyarrow.compute as pc
 from PIL import Image
 
 from lumos.curation.aesthetic import SPECS, load_aesthetic_model, preprocess
+from lumos.floor.stages import Placement, Stage, run_stage
 from lumos.schemas import images as cols
 
 PIXELS = "clip_pixels"  # in flight only: the CLIP-preprocessed image, (3, S, S) float32 flattened
 
 
 @dataclass
-class ClipPixels:
+class ClipPixels(Stage):
     """CPU stage: decode each stored image and apply CLIP's transform. Rows without an image get zeros
     (the scorer leaves their score null)."""
 
     image_size: int
+    batch_size: int = 64
+
+    def placement(self) -> Placement:
+        return Placement(batch_size=self.batch_size)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         transform, size = preprocess(self.image_size), 3 * self.image_size * self.image_size
@@ -37,18 +42,21 @@ class ClipPixels:
 
 
 @dataclass
-class AestheticScorer:
-    """Actor stage: the model is loaded once per actor, then scores every batch it is given."""
+class AestheticScorer(Stage):
+    """Model stage: the model is loaded once per actor, then scores every batch it is given."""
 
     model: str
     clip_weights: str | None = None
     mlp_weights: str | None = None
     device: str = "cpu"
     threads: int | None = None  # CPU only: torch threads; None: every core of the actor's node
+    batch_size: int = 64
+    actors: int = 1
     net: object = field(init=False, repr=False, default=None)
 
-    def __post_init__(self):
-        self.setup()
+    def placement(self) -> Placement:
+        gpu = self.device == "cuda"
+        return Placement(batch_size=self.batch_size, actors=self.actors, num_gpus=1 if gpu else 0)
 
     def setup(self) -> None:
         self.net = load_aesthetic_model(self.model, self.clip_weights, self.mlp_weights, self.device)
@@ -79,16 +87,8 @@ def add_scores(ds, model: str, clip_weights: str | None = None, mlp_weights: str
                batch_size: int = 64):
     """`ds` (rows with an `image` column) with its `aesthetic` column (re)computed."""
     import ray
-    from ray.data import ActorPoolStrategy
 
     gpus = int(ray.cluster_resources().get("GPU", 0))
-    ds = ds.map_batches(ClipPixels(SPECS[model].image_size), batch_format="pyarrow", batch_size=batch_size)
-    return ds.map_batches(
-        AestheticScorer,
-        fn_constructor_kwargs={"model": model, "clip_weights": clip_weights, "mlp_weights": mlp_weights,
-                               "device": "cuda" if gpus else "cpu"},
-        batch_format="pyarrow",
-        batch_size=batch_size,
-        compute=ActorPoolStrategy(size=max(gpus, 1), max_concurrent_calls_per_actor=1),
-        num_gpus=1 if gpus else 0,
-    )
+    ds = run_stage(ds, ClipPixels(SPECS[model].image_size, batch_size))
+    return run_stage(ds, AestheticScorer(model, clip_weights, mlp_weights, device="cuda" if gpus else "cpu",
+                                         batch_size=batch_size, actors=max(gpus, 1)))

@@ -25,6 +25,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from lumos.floor import fs
+from lumos.floor.stages import Stage
 from lumos.schemas.features import PART_PATH, PART_ROWS, ROW, SHARD
 from lumos.schemas.images import ID
 
@@ -33,7 +34,7 @@ TOMBSTONE = -2  # Lance's field id for a field of a data file that is no longer 
 
 
 @dataclass
-class WriteParts:
+class WriteParts(Stage):
     """CPU stage: rows with `shard` and `row` → one part file per fragment in the batch (row offset, id, the
     `schema` columns); out: one small row per part (shard, rows, path)."""
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 import pyarrow as pa
 
+from lumos.floor.stages import Placement, Stage, run_stage
 from lumos.schemas import images as cols
 from lumos.schemas.features import ROW, SHARD
 
@@ -28,13 +29,16 @@ def open_version(uri: str, version: int):
 
 
 @dataclass
-class ReadFragments:
+class ReadFragments(Stage):
     """Ray stage: fragment ids in, blocks of (id, shard, row, *columns) out; `row` is the row's offset in its
     fragment, so that rows can be put back in fragment order after an unordered pipeline."""
 
     uri: str
     version: int
     columns: list[str] = field(default_factory=lambda: [cols.IMAGE])
+
+    def placement(self) -> Placement:
+        return Placement(batch_size=1)  # one fragment a call
 
     def __call__(self, batch: pa.Table):
         ds = open_version(self.uri, self.version)
@@ -60,5 +64,4 @@ def fragment_dataset(uri: str, version: int, fragments: list[int], columns: list
     import ray
 
     ds = ray.data.from_items([{SHARD: f} for f in fragments], override_num_blocks=max(len(fragments), 1))
-    return ds.map_batches(ReadFragments(uri, version, columns or [cols.IMAGE]), batch_format="pyarrow",
-                          batch_size=1)
+    return run_stage(ds, ReadFragments(uri, version, columns or [cols.IMAGE]))

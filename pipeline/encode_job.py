@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from lumos.floor import fs
+from lumos.floor import fs, stages
 from lumos.floor.errors import UserError
 from lumos.floor.fragment_reader import fragment_dataset
 from lumos.floor.lance_io import clean_versions, open_images_table, table_exists
@@ -179,7 +179,6 @@ def _encode_pass(input_uri, images_version, output_uri, configs, fragments, foll
     """Encode `fragments` of the features table with `configs`; returns the rows encoded."""
     import lance
     import ray
-    from ray.data import ActorPoolStrategy
     from tqdm import tqdm
 
     names = ", ".join(c.name for c in configs)
@@ -193,16 +192,15 @@ def _encode_pass(input_uri, images_version, output_uri, configs, fragments, foll
         ray.data.DataContext.get_current().enable_progress_bars = False
     inputs = sorted({c for config in configs for c in config.build().inputs()})
     ds = fragment_dataset(input_uri, images_version, list(target), inputs)
-    ds = ds.map_batches(Prepare(configs), batch_format="pyarrow", batch_size=placement.batch_size)
+    ds = stages.run_stage(ds, Prepare(configs, placement.batch_size))
     for config in configs:
-        ds = ds.map_batches(Encode, fn_constructor_kwargs={"config": config, "device": "cuda" if use_gpu else "cpu"},
-                            batch_format="pyarrow", batch_size=placement.batch_size,
-                            compute=ActorPoolStrategy(size=actors), num_gpus=gpus if use_gpu else 0,
-                            num_cpus=1 if use_gpu or len(configs) == 1 else 0)
         # On CPU, one encoder's actor reserves a core (the decode tasks then leave it that core); several
         # reserve none: their cores, or half of one each, could leave a node unable to run a read task.
+        pool = stages.Placement(batch_size=placement.batch_size, actors=actors, num_gpus=gpus if use_gpu else 0,
+                      num_cpus=1 if use_gpu or len(configs) == 1 else 0)
+        ds = stages.run_stage(ds, Encode(config, "cuda" if use_gpu else "cpu"), pool)
     schema = pass_schema(configs)
-    ds = ds.map_batches(WriteParts(staging, schema), batch_format="pyarrow", batch_size=None)
+    ds = stages.run_stage(ds, WriteParts(staging, schema))
     with tqdm(total=total, unit="row", desc=names, disable=not progress, dynamic_ncols=True) as bar:
         write_columns(ds.iter_rows(), output_uri, version, expected, target, schema, commit_every,
                       on_rows=bar.update)

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 
 import pyarrow as pa
 
+from lumos.floor.stages import Placement, Stage
 from lumos.pipeline.encoders import EncoderConfig
 from lumos.pipeline.encoders.base import ImageEncoder, decode_images
 from lumos.schemas import images as cols
@@ -32,11 +33,15 @@ def built(config: EncoderConfig):
 
 
 @dataclass
-class Prepare:
+class Prepare(Stage):
     """CPU stage: decode each image once for every image encoder, tokenize captions for each text encoder;
     the images-table inputs are dropped, in-flight columns added."""
 
     configs: list[EncoderConfig]
+    batch_size: int | None = None
+
+    def placement(self) -> Placement:
+        return Placement(batch_size=self.batch_size)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         encoders = [built(c) for c in self.configs]
@@ -53,14 +58,15 @@ class Prepare:
 
 
 @dataclass
-class Encode:
-    """Actor stage: one encoder, loaded once per actor; its in-flight columns in, its feature columns out."""
+class Encode(Stage):
+    """Model stage: one encoder, loaded once per actor; its in-flight columns in, its feature columns out. Its
+    placement (actors, GPU share) is the pass's choice (encode_job._gpu_split)."""
 
     config: EncoderConfig
     device: str = "cpu"
     encoder: object = field(default=None, init=False, repr=False)
 
-    def __post_init__(self):
+    def setup(self) -> None:
         self.encoder = self.config.build().load(self.device)
 
     def __call__(self, batch: pa.Table) -> pa.Table:

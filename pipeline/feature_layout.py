@@ -19,6 +19,8 @@ end of the run every other version is cleaned up, with the files a killed run wr
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import json
 
 import pyarrow as pa
@@ -26,6 +28,7 @@ import pyarrow as pa
 from lumos.floor.column_writer import fragment_rows
 from lumos.floor.errors import UserError
 from lumos.floor.lance_io import keep_version, table_exists
+from lumos.floor.stages import Placement, Stage, run_stage
 from lumos.schemas import features
 from lumos.schemas import images as cols
 
@@ -54,11 +57,16 @@ def read_layout(ds) -> dict | None:
     return json.loads(raw) if raw else None
 
 
-class WriteIds:
+@dataclass
+class WriteIds(Stage):
     """Ray stage: images fragment ids in → the features fragment of their ids written (not committed) out."""
 
-    def __init__(self, images_uri: str, images_version: int, output_uri: str):
-        self.images_uri, self.images_version, self.output_uri = images_uri, images_version, output_uri
+    images_uri: str
+    images_version: int
+    output_uri: str
+
+    def placement(self) -> Placement:
+        return Placement(batch_size=16)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         from lance.fragment import write_fragments
@@ -105,8 +113,7 @@ def follow_images(images, images_uri: str, output_uri: str, say=print):
         return ds, followed
     say(f"features table: {len(new)} new fragments follow the images table's ({sum(live[i] for i in new)} rows)")
     items = ray.data.from_items([{features.SHARD: i} for i in new], override_num_blocks=min(len(new), 200))
-    written = items.map_batches(WriteIds(images_uri, images.version, output_uri), batch_format="pyarrow",
-                                batch_size=16).take_all()  # one small row per new fragment
+    written = run_stage(items, WriteIds(images_uri, images.version, output_uri)).take_all()  # a row a fragment
     order = {i: k for k, i in enumerate(new)}
     written.sort(key=lambda r: order[r[features.SHARD]])
     metadata = [FragmentMetadata.from_json(r["fragment"]) for r in written]
