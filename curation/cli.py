@@ -108,7 +108,8 @@ def _run(job, report=None, check=None) -> None:
 DUMP_OUTPUT = typer.Option(..., "--output", help="Output folder: images.lance, stats.json and _work/.")
 IMAGE_SIZE = typer.Option(512, help="Resize so the shorter side is this (downscale only, aspect kept, no crop).")
 AESTHETIC_MODEL = typer.Option("laion-v2", help="laion-v2: LAION improved aesthetic predictor V2 on OpenAI CLIP "
-                               "ViT-L/14 (real weights, needed for real data); tiny: a seeded random test model.")
+                               "ViT-L/14 (real weights, needed for real data); tiny: a seeded random test model; "
+                               "none: no score (with --min-aesthetic 0; score later with lumos-curate score).")
 CLIP_WEIGHTS = typer.Option(None, help="Local file of the OpenAI CLIP ViT-L/14 weights (default: the open_clip "
                             "'openai' tag, from the Hugging Face cache or hub).")
 AESTHETIC_WEIGHTS = typer.Option(None, help="Local copy of sac+logos+ava1-l14-linearMSE.pth (default: the torch "
@@ -116,14 +117,21 @@ AESTHETIC_WEIGHTS = typer.Option(None, help="Local copy of sac+logos+ava1-l14-li
 
 
 def _run_dump(reader_factory, output, min_size, image_size, min_aesthetic, aesthetic_model, clip_weights,
-              aesthetic_weights, record: dict) -> None:
+              aesthetic_weights, record: dict, commit_every: float = COMMIT_EVERY_S) -> None:
     from lumos.curation.dump_job import ScoreConfig, run_dump_job
     from lumos.curation.prepare import PrepareConfig
 
+    def score():
+        if aesthetic_model != "none":
+            return ScoreConfig(aesthetic_model, clip_weights, aesthetic_weights, min_aesthetic)
+        if min_aesthetic > 0:
+            raise UserError(f"--aesthetic-model none with --min-aesthetic {min_aesthetic}: nothing would score the "
+                            "images; pass --min-aesthetic 0 or choose a model")
+        return None
+
     _run(lambda: run_dump_job(reader_factory(), output, PrepareConfig(min_size=min_size, image_size=image_size),
-                              ScoreConfig(aesthetic_model, clip_weights, aesthetic_weights, min_aesthetic), record,
-                              say=err_console.print),
-         check=lambda: options.dump_options(min_size, image_size, min_aesthetic))
+                              score(), record, say=err_console.print, commit_every=commit_every),
+         check=lambda: options.dump_options(min_size, image_size, min_aesthetic, commit_every))
 
 
 @app.command("sam")

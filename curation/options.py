@@ -23,11 +23,12 @@ def web_options(min_size: int, min_aesthetic: float, max_watermark: float | None
     at_least("--commit-every", commit_every, 0)
 
 
-def dump_options(min_size: int, image_size: int, min_aesthetic: float) -> None:
+def dump_options(min_size: int, image_size: int, min_aesthetic: float, commit_every: float = 1.0) -> None:
     """`lumos-curate sam|journeydb|imagenet`."""
     at_least("--min-size", min_size, 0)
     positive("--image-size", image_size)
     at_least("--min-aesthetic", min_aesthetic, 0)
+    at_least("--commit-every", commit_every, 0)
 
 
 def take_option(items: list[str]) -> dict[str, int]:
