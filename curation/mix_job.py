@@ -10,8 +10,10 @@ resumably. How, with nothing per row in the driver (DESIGN.md 8):
 
     1. select (once; its result lives in _work/ and a re-run reuses it)
        index: one Ray task per input fragment reads (id, source, sha256, row address)
-       → groupby(id).map_groups: the first copy of each id stays (Ray Data shuffles by key: all copies meet)
-       → groupby(sha256).map_groups: the same for the bytes           → _work/verdicts/*.parquet
+       → groupby(bucket of id).map_groups: the first copy of each id stays (Ray Data shuffles by bucket, the
+         first hex digits of the hashed key, ~1M rows a bucket: all copies of a key meet, and each bucket is
+         one vectorised sort, not one call a key)
+       → groupby(bucket of sha256).map_groups: the same for the bytes   → _work/verdicts/*.parquet
        caps: a histogram of each capped source's ranks (sha1(seed, id), 65,536 buckets by their first 16 bits)
        finds the bucket holding the N-th row; only that bucket's ranks (~rows/65,536) come to the driver,
        which gives the exact cut-off; each worker then keeps a row when its rank is at or under it
@@ -26,6 +28,7 @@ fragment, and the fragment metadata not yet committed.
 from __future__ import annotations
 
 import hashlib
+import math
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -38,6 +41,7 @@ from lumos.curation.job_dir import JobDir
 from lumos.curation.unit_writer import COMMIT_EVERY_S, UnitTable, run_unit_tasks, write_unit
 from lumos.floor import fs
 from lumos.floor.errors import UserError
+from lumos.floor.fragment_reader import open_version
 from lumos.floor.fs import write_json
 from lumos.floor.lance_io import open_images_table
 from lumos.floor.output_lock import output_lock
@@ -49,6 +53,8 @@ INPUT = "input_index"
 FRAGMENT = "fragment_id"
 ADDRESS = "row_address"  # Lance's (fragment << 32 | offset) of the row in its input
 RANK = "rank"  # sha1(seed:id): the order of the seeded choice under a cap
+BUCKET = "key_bucket"  # the first hex digits of a hashed key: the groups of a de-duplication
+BUCKET_ROWS = 1_000_000  # rows a de-duplication group, about (a worker holds it a few times over)
 BUCKET_HEX = 4  # a rank's first 16 bits: the histogram's bucket
 ROWS_PER_BATCH = 64  # rows of images a write task holds at a time
 INDEX_SCHEMA = pa.schema([(cols.ID, pa.string()), (cols.SOURCE, pa.string()), (cols.SHA256, pa.string()),
@@ -67,8 +73,6 @@ class IndexRows(Stage):
         return Placement(batch_size=1)  # one fragment a call
 
     def __call__(self, batch: pa.Table):
-        from lumos.floor.fragment_reader import open_version
-
         for i, fragment in zip(batch[INPUT].to_pylist(), batch[FRAGMENT].to_pylist()):
             ds = open_version(self.inputs[i], self.versions[i])
             t = ds.get_fragment(fragment).to_table(columns=[cols.ID, cols.SOURCE, cols.SHA256], with_row_address=True)
@@ -78,25 +82,48 @@ class IndexRows(Stage):
                            schema=INDEX_SCHEMA)
 
 
-def first_per_group(reason: str):
-    """map_groups function: of the rows still kept that share a key, the earliest input then smallest id (then
-    row address) stays; the others get `reason`. Rows dropped before pass through."""
+def first_per_key(key: str, reason: str):
+    """map_groups function over a bucket of keys: of the rows still kept that share `key`, the earliest input
+    then smallest id (then row address) stays; the others get `reason`. Rows dropped before pass through.
+    Vectorised: one sort of the bucket, then a comparison of neighbours."""
 
     def verdicts(group: pa.Table) -> pa.Table:
-        live = pc.is_null(group[cols.DROP_REASON])
-        if (pc.sum(live).as_py() or 0) < 2:
-            return group
-        order = pc.sort_indices(group, [(cols.DROP_REASON, "ascending"), (INPUT, "ascending"),
+        group = group.drop_columns([BUCKET])
+        order = pc.sort_indices(group, [(key, "ascending"), (cols.DROP_REASON, "ascending"), (INPUT, "ascending"),
                                         (cols.ID, "ascending"), (ADDRESS, "ascending")], null_placement="at_start")
         group = group.take(order)
-        first_live = np.zeros(group.num_rows, bool)
-        first_live[0] = True  # nulls first: row 0 is the winner
+        keys = group[key].combine_chunks()
+        first = np.ones(len(keys), bool)  # the first row of each key: live if any copy is (nulls sort first)
+        if len(keys) > 1:
+            first[1:] = pc.not_equal(keys.slice(1), keys.slice(0, len(keys) - 1)).to_numpy(zero_copy_only=False)
         live = pc.is_null(group[cols.DROP_REASON]).to_numpy(zero_copy_only=False)
-        losers = pa.array(live & ~first_live)
-        merged = pc.if_else(losers, pa.scalar(reason), group[cols.DROP_REASON])
+        merged = pc.if_else(pa.array(live & ~first), pa.scalar(reason), group[cols.DROP_REASON])
         return group.set_column(group.schema.get_field_index(cols.DROP_REASON), cols.DROP_REASON, merged)
 
     return verdicts
+
+
+@dataclass
+class Bucket(Stage):
+    """Ray stage: the first `digits` hex digits of `key` (a hash: ids are sha1, and sha256) as the bucket
+    column, so that a groupby has ~rows / BUCKET_ROWS groups, each sorted once, not one call a key."""
+
+    key: str
+    digits: int
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        return batch.append_column(BUCKET, pc.utf8_slice_codeunits(batch[self.key], 0, self.digits))
+
+
+def bucket_digits(rows: int) -> int:
+    """The fewest hex digits (at least 1) that bring a bucket to about BUCKET_ROWS rows."""
+    return max(1, math.ceil(math.log(max(rows, 1) / BUCKET_ROWS, 16) - 1e-9))
+
+
+def unique_by(ds, key: str, reason: str, rows: int):
+    """`ds` with the later copies of each `key` dropped as `reason` (a Ray Data groupby on the key's bucket)."""
+    ds = run_stage(ds, Bucket(key, bucket_digits(rows)))
+    return _groupby(ds, BUCKET).map_groups(first_per_key(key, reason), batch_format="pyarrow")
 
 
 def ranks(ids: pa.Array, seed: int) -> pa.Array:
@@ -231,9 +258,10 @@ def select(inputs: list[str], versions: list[int], units: list[tuple[int, int]],
 
     ds = ray.data.from_items([{INPUT: i, FRAGMENT: f} for i, f in units], override_num_blocks=max(len(units), 1))
     ds = run_stage(ds, IndexRows(inputs, versions))
-    ds = _groupby(ds, cols.ID).map_groups(first_per_group("duplicate_id"), batch_format="pyarrow")
+    rows = sum(open_version(u, v).count_rows() for u, v in zip(inputs, versions))
+    ds = unique_by(ds, cols.ID, "duplicate_id", rows)
     if dedup:
-        ds = _groupby(ds, cols.SHA256).map_groups(first_per_group("duplicate_sha256"), batch_format="pyarrow")
+        ds = unique_by(ds, cols.SHA256, "duplicate_sha256", rows)
     verdicts = fs.join(work, "verdicts")
     fs.remove_tree(verdicts)
     ds.write_parquet(verdicts)
@@ -270,8 +298,6 @@ def mix_unit(index: int, uri: str, version: int, fragment: int, selection: str |
              schema: pa.Schema):
     """Step 2, inside a Ray task: the chosen rows of one input fragment → one fragment of the mix."""
     import pyarrow.parquet as pq
-
-    from lumos.floor.fragment_reader import open_version
 
     def batches():
         if selection is None:
