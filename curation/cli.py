@@ -116,6 +116,11 @@ AESTHETIC_WEIGHTS = typer.Option(None, help="Local copy of sac+logos+ava1-l14-li
                                  "hub cache or its GitHub URL).")
 
 
+def _where(path: str) -> str:
+    """A URI as given, a local path made absolute."""
+    return path if "://" in path else os.path.abspath(path)
+
+
 def _run_dump(reader_factory, output, min_size, image_size, min_aesthetic, aesthetic_model, clip_weights,
               aesthetic_weights, record: dict, commit_every: float = COMMIT_EVERY_S) -> None:
     from lumos.curation.dump_job import ScoreConfig, run_dump_job
@@ -136,39 +141,32 @@ def _run_dump(reader_factory, output, min_size, image_size, min_aesthetic, aesth
 
 @app.command("sam")
 def sam(
-    input: str = typer.Option(..., "--input", help="Folder of SA-1B tars (sa_000000.tar, ...)."),
+    input: str = typer.Option(..., "--input", help="Folder or s3:// prefix of SA-1B tars (sa_000000.tar, ...)."),
     output: str = DUMP_OUTPUT,
     min_size: int = typer.Option(512, help="Keep images whose shorter side is >= this many pixels."),
     min_aesthetic: float = typer.Option(5.0, help="Keep images scoring >= this (0: score, filter nothing)."),
     aesthetic_model: str = AESTHETIC_MODEL,
     clip_weights: Optional[str] = CLIP_WEIGHTS,
     aesthetic_weights: Optional[str] = AESTHETIC_WEIGHTS,
-    captions: Optional[str] = typer.Option(None, help="Caption file (parquet or jsonl: file name + caption, as "
-                                           "SAM-LLaVA-Captions10M) joined by file name."),
+    captions: Optional[str] = typer.Option(None, help="Caption file, folder or glob (parquet or jsonl: file "
+                                           "name + caption, as SAM-LLaVA-Captions10M) joined by file name."),
     image_size: int = IMAGE_SIZE,
+    commit_every: float = COMMIT_EVERY,
 ):
-    """Ingest SA-1B: image sizes from each sa_N.json, checked against the image; score, filter, write."""
+    """Ingest SA-1B: image sizes from each sa_N.json, checked against the image; score, filter, write.
+    --input and --captions may be local paths or object-store URIs (s3://...); --captions a file, folder or
+    glob. The tars are read in place and the captions joined in Ray tasks."""
+    from lumos.curation.dumps import SamReader
 
-    def reader():
-        import ray
-
-        from lumos.curation.dumps import SamReader, read_caption_file
-        from lumos.floor.ray_runtime import init_ray
-
-        table = read_caption_file(captions) if captions else None
-        if table is None:
-            return SamReader(os.path.abspath(input))
-        init_ray()
-        return SamReader(os.path.abspath(input), captions=ray.put(table))
-
-    _run_dump(reader, output, min_size, image_size, min_aesthetic, aesthetic_model, clip_weights,
-              aesthetic_weights, {"input": os.path.abspath(input), "captions": captions})
+    source, caption_files = _where(input), _where(captions) if captions else None
+    _run_dump(lambda: SamReader(source, captions=caption_files), output, min_size, image_size, min_aesthetic,
+              aesthetic_model, clip_weights, aesthetic_weights, {"input": source, "captions": captions}, commit_every)
 
 
 @app.command("journeydb")
 def journeydb(
-    input: str = typer.Option(..., "--input", help="Folder of JourneyDB images: 000/<id>.jpg files or 000.tgz."),
-    annotations: str = typer.Option(..., "--annotations", help="JourneyDB annotation jsonl (img_path, prompt, "
+    input: str = typer.Option(..., "--input", help="Folder or s3:// prefix of JourneyDB images: 000/<id>.jpg files or 000.tgz."),
+    annotations: str = typer.Option(..., "--annotations", help="JourneyDB annotation jsonl, or a folder/glob of them (img_path, prompt, "
                                     "Task2.Caption)."),
     output: str = DUMP_OUTPUT,
     min_size: int = typer.Option(512, help="Keep images whose shorter side is >= this many pixels."),
@@ -177,18 +175,22 @@ def journeydb(
     clip_weights: Optional[str] = CLIP_WEIGHTS,
     aesthetic_weights: Optional[str] = AESTHETIC_WEIGHTS,
     image_size: int = IMAGE_SIZE,
+    commit_every: float = COMMIT_EVERY,
 ):
-    """Ingest JourneyDB: `prompt` as caption and Task2.Caption (when present) as long_caption."""
+    """Ingest JourneyDB: `prompt` as caption and Task2.Caption (when present) as long_caption. --input and
+    --annotations (a jsonl, a folder or a glob of them) may be local paths or object-store URIs (s3://...);
+    the annotations are parsed and de-duplicated in Ray tasks."""
     from lumos.curation.dumps import JourneyDBReader
 
-    _run_dump(lambda: JourneyDBReader(os.path.abspath(input), os.path.abspath(annotations)), output, min_size,
-              image_size, min_aesthetic, aesthetic_model, clip_weights, aesthetic_weights,
-              {"input": os.path.abspath(input), "annotations": os.path.abspath(annotations)})
+    source, annotation_files = _where(input), _where(annotations)
+    _run_dump(lambda: JourneyDBReader(source, annotation_files), output, min_size, image_size, min_aesthetic,
+              aesthetic_model, clip_weights, aesthetic_weights, {"input": source, "annotations": annotation_files},
+              commit_every)
 
 
 @app.command("imagenet")
 def imagenet(
-    input: str = typer.Option(..., "--input", help="ImageNet folder: train/nXXXXXXXX/*.JPEG, or flat files "
+    input: str = typer.Option(..., "--input", help="ImageNet folder or s3:// prefix: train/nXXXXXXXX/*.JPEG, or flat files "
                               "whose name ends in the synset."),
     output: str = DUMP_OUTPUT,
     synsets: Optional[str] = typer.Option(None, help="LOC_synset_mapping.txt: class index = line number "
@@ -199,13 +201,16 @@ def imagenet(
     clip_weights: Optional[str] = CLIP_WEIGHTS,
     aesthetic_weights: Optional[str] = AESTHETIC_WEIGHTS,
     image_size: int = IMAGE_SIZE,
+    commit_every: float = COMMIT_EVERY,
 ):
-    """Ingest ImageNet with its synset and class index as columns."""
+    """Ingest ImageNet with its synset and class index as columns. --input and --synsets may be local paths
+    or object-store URIs (s3://...)."""
     from lumos.curation.dumps import ImageNetReader
 
-    _run_dump(lambda: ImageNetReader(os.path.abspath(input), synsets), output, min_size, image_size,
-              min_aesthetic, aesthetic_model, clip_weights, aesthetic_weights,
-              {"input": os.path.abspath(input), "synsets": synsets})
+    source = _where(input)
+    _run_dump(lambda: ImageNetReader(source, _where(synsets) if synsets else None), output, min_size, image_size,
+              min_aesthetic, aesthetic_model, clip_weights, aesthetic_weights, {"input": source, "synsets": synsets},
+              commit_every)
 
 
 @app.command("score")

@@ -237,8 +237,7 @@ def _run_locked(reader, units: list[dict], record: dict, output: str, prepare_co
     init_ray()
     say(f"{reader.source}: {len(units)} work units")
     dedup_started = time.monotonic()
-    reader, units = (reader.plan(units, paths.work) if hasattr(reader, "plan")  # TEMP until plan() lands
-                     else (reader.dedup(units), units))
+    reader, units = reader.plan(units, paths.work)
     timings = {"plan_s": round(time.monotonic() - dedup_started, 3)}
 
     table = UnitTable(paths.images, paths.schema(record), [json.dumps(u, sort_keys=True) for u in units],

@@ -28,7 +28,6 @@ fragment, and the fragment metadata not yet committed.
 from __future__ import annotations
 
 import hashlib
-import math
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -38,6 +37,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from lumos.curation.job_dir import JobDir
+from lumos.curation.key_buckets import by_bucket, groupby
 from lumos.curation.unit_writer import COMMIT_EVERY_S, UnitTable, run_unit_tasks, write_unit
 from lumos.floor import fs
 from lumos.floor.errors import UserError
@@ -53,8 +53,6 @@ INPUT = "input_index"
 FRAGMENT = "fragment_id"
 ADDRESS = "row_address"  # Lance's (fragment << 32 | offset) of the row in its input
 RANK = "rank"  # sha1(seed:id): the order of the seeded choice under a cap
-BUCKET = "key_bucket"  # the first hex digits of a hashed key: the groups of a de-duplication
-BUCKET_ROWS = 1_000_000  # rows a de-duplication group, about (a worker holds it a few times over)
 BUCKET_HEX = 4  # a rank's first 16 bits: the histogram's bucket
 ROWS_PER_BATCH = 64  # rows of images a write task holds at a time
 INDEX_SCHEMA = pa.schema([(cols.ID, pa.string()), (cols.SOURCE, pa.string()), (cols.SHA256, pa.string()),
@@ -83,12 +81,11 @@ class IndexRows(Stage):
 
 
 def first_per_key(key: str, reason: str):
-    """map_groups function over a bucket of keys: of the rows still kept that share `key`, the earliest input
+    """Bucket function (key_buckets.py): of the rows still kept that share `key`, the earliest input
     then smallest id (then row address) stays; the others get `reason`. Rows dropped before pass through.
     Vectorised: one sort of the bucket, then a comparison of neighbours."""
 
     def verdicts(group: pa.Table) -> pa.Table:
-        group = group.drop_columns([BUCKET])
         order = pc.sort_indices(group, [(key, "ascending"), (cols.DROP_REASON, "ascending"), (INPUT, "ascending"),
                                         (cols.ID, "ascending"), (ADDRESS, "ascending")], null_placement="at_start")
         group = group.take(order)
@@ -103,27 +100,9 @@ def first_per_key(key: str, reason: str):
     return verdicts
 
 
-@dataclass
-class Bucket(Stage):
-    """Ray stage: the first `digits` hex digits of `key` (a hash: ids are sha1, and sha256) as the bucket
-    column, so that a groupby has ~rows / BUCKET_ROWS groups, each sorted once, not one call a key."""
-
-    key: str
-    digits: int
-
-    def __call__(self, batch: pa.Table) -> pa.Table:
-        return batch.append_column(BUCKET, pc.utf8_slice_codeunits(batch[self.key], 0, self.digits))
-
-
-def bucket_digits(rows: int) -> int:
-    """The fewest hex digits (at least 1) that bring a bucket to about BUCKET_ROWS rows."""
-    return max(1, math.ceil(math.log(max(rows, 1) / BUCKET_ROWS, 16) - 1e-9))
-
-
 def unique_by(ds, key: str, reason: str, rows: int):
-    """`ds` with the later copies of each `key` dropped as `reason` (a Ray Data groupby on the key's bucket)."""
-    ds = run_stage(ds, Bucket(key, bucket_digits(rows)))
-    return _groupby(ds, BUCKET).map_groups(first_per_key(key, reason), batch_format="pyarrow")
+    """`ds` with the later copies of each `key` dropped as `reason` (grouped by the key's bucket)."""
+    return by_bucket(ds, key, rows, first_per_key(key, reason), hashed=True)
 
 
 def ranks(ids: pa.Array, seed: int) -> pa.Array:
@@ -241,15 +220,6 @@ def _write_selection(folder: str):
     return write
 
 
-def _groupby(ds, keys):
-    from ray.data.context import ShuffleStrategy
-
-    # Sort-based shuffle runs in plain tasks; the hash shuffle first starts a pool of aggregator actors (see
-    # curation/dedup.py).
-    ds.context.shuffle_strategy = ShuffleStrategy.SORT_SHUFFLE_PULL_BASED
-    return ds.groupby(keys)
-
-
 def select(inputs: list[str], versions: list[int], units: list[tuple[int, int]], take: dict[str, int],
            dedup: bool, seed: int, work: str) -> tuple[dict, dict]:
     """Step 1: the chosen rows of each input fragment into `work`/selection/; returns per source (rows, kept,
@@ -284,7 +254,7 @@ def select(inputs: list[str], versions: list[int], units: list[tuple[int, int]],
     kept = run_stage(ds, Kept())
     chosen = {}
     position = {unit: k for k, unit in enumerate(units)}
-    written = _groupby(kept, [INPUT, FRAGMENT]).map_groups(_write_selection(selection), batch_format="pyarrow")
+    written = groupby(kept, [INPUT, FRAGMENT]).map_groups(_write_selection(selection), batch_format="pyarrow")
     for block in written.iter_batches(batch_format="pyarrow", batch_size=None):
         for i, fragment, rows in zip(*(block[c].to_pylist() for c in (INPUT, FRAGMENT, "rows"))):
             chosen[position[(i, fragment)]] = rows

@@ -18,6 +18,7 @@ started Ray had when it started it (see tests/objectstore.py).
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import uuid
@@ -128,3 +129,44 @@ def list_files(uri: str) -> list[str]:
     prefix = path.rstrip("/") + "/"
     return sorted(join(uri, *info.path[len(prefix):].split("/"))
                   for info in fs.get_file_info(selector) if info.type == pafs.FileType.File)
+
+
+def open_input_file(uri: str, buffer_size: int = 1 << 20):
+    """A seekable binary file object for reading `uri` in place (a tar read member by member, never downloaded
+    whole): a plain file locally; on an object store pyarrow's RandomAccessFile (each read a ranged GET) behind
+    an `io.BufferedReader`, so that small reads and short forward seeks are served from one GET of
+    `buffer_size` bytes. FileNotFoundError when there is none."""
+    if is_local(uri):
+        return open(uri, "rb")
+    fs, path = resolve(uri)
+    return io.BufferedReader(_RawFile(fs.open_input_file(path)), buffer_size)
+
+
+class _RawFile(io.RawIOBase):
+    """A pyarrow NativeFile as an io.RawIOBase (what io.BufferedReader wraps)."""
+
+    def __init__(self, native):
+        super().__init__()
+        self.native = native
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        data = self.native.read(len(buffer))
+        buffer[: len(data)] = data
+        return len(data)
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        return self.native.seek(offset, whence)
+
+    def tell(self) -> int:
+        return self.native.tell()
+
+    def close(self) -> None:
+        if not self.closed:
+            self.native.close()
+        super().close()

@@ -15,11 +15,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-import ray
 from PIL import Image
 
 from lumos.curation.dump_job import ScoreConfig, run_dump_job
-from lumos.curation.dumps import ImageNetReader, JourneyDBReader, SamReader, read_caption_file
+from lumos.curation.dumps import ImageNetReader, JourneyDBReader, SamReader
 from lumos.curation.prepare import PrepareConfig
 from lumos.curation.sample import encode, synthetic_image
 from lumos.floor.output_lock import LOCK_NAME, OutputLocked, output_lock
@@ -107,9 +106,8 @@ def test_sam_repeated_keys_truncated_tar_and_broken_sidecars(tmp_path, ray_sessi
     pq.write_table(pa.table({"file_name": ["sa_2.jpg", "sa_10.jpg"],
                              "caption": pa.Array.from_buffers(pa.string(), 2, texts.buffers())}),
                    tmp_path / "captions.parquet")
-    captions = ray.put(read_caption_file(str(tmp_path / "captions.parquet")))
-
-    stats, kept, images = _run(SamReader(str(src), captions=captions), tmp_path / "out", min_size=512)
+    stats, kept, images = _run(SamReader(str(src), captions=str(tmp_path / "captions.parquet")), tmp_path / "out",
+                               min_size=512)
 
     assert set(kept) == {"sa_1.jpg", "sa_2.jpg", "sa_3.jpg", "sa_9.jpg", "sa_11.jpg", "sa_12.jpg"}
     # sa_1: 4 copies (2 tars x 2 folders); sa_2..sa_8: 2 copies each; sa_3 once more with other bytes.
@@ -217,7 +215,8 @@ def test_imagenet_symlink_out_of_input_is_refused(tmp_path):
     (outside / "secret.JPEG").write_bytes(_jpeg(300, 300, 2))
     os.symlink(outside / "secret.JPEG", src / "x2.JPEG")
     reader = ImageNetReader(str(tmp_path / "imagenet"))
-    raws = {r.key: r for unit in reader.units() for r in reader.read(unit)}
+    reader, units = reader.plan(reader.units(), str(tmp_path / "work"))
+    raws = {r.key: r for unit in units for r in reader.read(unit)}
     assert raws["train/n01440764/x1.JPEG"].reason is None and raws["train/n01440764/x1.JPEG"].data
     assert raws["train/n01440764/x2.JPEG"].reason == "outside_input" and raws["train/n01440764/x2.JPEG"].data is None
 

@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from lumos.curation.dump_job import ScoreConfig, run_dump_job
-from lumos.curation.dumps import ImageNetReader, JourneyDBReader, SamReader, read_caption_file
+from lumos.curation.dumps import ImageNetReader, JourneyDBReader, SamReader
 from lumos.curation.prepare import PrepareConfig
 from lumos.curation.sample import encode, synthetic_image
 from lumos.schemas import images as cols
@@ -65,9 +65,7 @@ def test_sam_tars_with_sidecars_and_captions(tmp_path, ray_session):
                 _add(tar, name, content)
     captions = tmp_path / "captions.jsonl"
     captions.write_text(json.dumps({"file_name": "sa_1.jpg", "caption": "a street"}) + "\n")
-    import ray
-
-    reader = SamReader(str(src), captions=ray.put(read_caption_file(str(captions))))
+    reader = SamReader(str(src), captions=str(captions))
     stats, kept = _run(reader, tmp_path)
     assert set(kept) == {"sa_1.jpg", "sa_2.jpg"}
     assert stats["dropped"] == {"failed_to_decode": 1, "too_small": 1, "size_mismatch": 1,
