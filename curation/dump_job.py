@@ -172,9 +172,9 @@ def finalize_unit(index: int, parts: list[str], uri: str, schema: pa.Schema) -> 
 
 def whole_units(parts_rows, pending: list[int], parts: dict[int, list[str]]):
     """Driver: the pipeline's small part rows → the index of each unit once all its rows are in parts (None
-    between blocks), its part files in `parts`; at the end, every unit not yet whole (a unit that gave no
-    row at all leaves no part)."""
+    between blocks), its part files in `parts`; at the end, the units that gave no row at all (no part)."""
     seen: dict[int, list] = {}  # unit → [rows so far, total or None]: units in flight only
+    whole: set[int] = set()
     for block in parts_rows:
         for row in block.to_pylist():
             index = row[cols.UNIT]
@@ -184,15 +184,15 @@ def whole_units(parts_rows, pending: list[int], parts: dict[int, list[str]]):
             parts.setdefault(index, []).append(row[PART_PATH])
             if entry[0] == entry[1]:
                 del seen[index]
+                whole.add(index)
                 yield index
         yield None
-    for index, (rows, total) in seen.items():
-        if total is not None and rows != total:
-            raise RuntimeError(f"work unit {index}: {rows} rows written of {total}")
-    done = set(seen)
-    for index in pending:  # every row went through: what is left is whole
-        if index in done or index not in parts:
-            parts.setdefault(index, [])
+    if seen:  # every row went through the pipeline: a unit still short of its count lost rows
+        index, (rows, total) = next(iter(seen.items()))
+        raise RuntimeError(f"work unit {index}: {rows} rows written of {total}")
+    for index in pending:
+        if index not in whole:
+            parts[index] = []
             yield index
 
 

@@ -177,6 +177,7 @@ class UnitTable:
         """One commit of every finished unit: their fragments and the progress together."""
         import lance
         from lance.fragment import FragmentMetadata
+        from lance.schema import LanceSchema
 
         if not self.waiting:
             return
@@ -191,7 +192,8 @@ class UnitTable:
                 fragments.append(FragmentMetadata.from_json(json.dumps(raw)))
             self.progress.mark(result)
         schema = ds.schema.with_metadata({**ds.schema.metadata, META_PROGRESS.encode(): self.progress.to_json()})
-        lance.LanceDataset.commit(self.uri, lance.LanceOperation.Merge(fragments, schema), read_version=ds.version)
+        lance.LanceDataset.commit(self.uri, lance.LanceOperation.Merge(fragments, LanceSchema.from_pyarrow(schema)),
+                                  read_version=ds.version)
         if self.on_commit:
             self.on_commit(len(self.waiting))
         self.waiting = []
