@@ -118,3 +118,56 @@ def test_imagenet_layouts_store_synset_and_class_index(tmp_path, ray_session, la
     assert set(by_synset) == {"n01440764", "n01443537"}
     assert by_synset["n01440764"][cols.CLASS_INDEX] == 0 and by_synset["n01443537"][cols.CLASS_INDEX] == 1
     assert all(os.path.basename(k).startswith(("x", "ILSVRC")) for k in kept)
+
+
+def test_killed_sam_ingest_resumes_from_its_committed_tars(tmp_path, ray_session):
+    """A SAM ingest killed (SIGKILL) after some tars were committed, re-run: the committed tars are not read
+    again (they are made unreadable before the re-run), and the table equals an uninterrupted run's, every
+    id once, one fragment a tar."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from lumos.curation.unit_writer import read_progress
+
+    src = tmp_path / "sa1b"
+    src.mkdir()
+    tars = 8
+    for t in range(tars):
+        with tarfile.open(src / f"sa_{t:06d}.tar", "w") as tar:
+            for i in range(6):
+                n = t * 6 + i
+                _add(tar, f"sa_{n}.jpg", _jpeg(96, 64, n))
+                _add(tar, f"sa_{n}.json", json.dumps({"image": {"width": 96, "height": 64}}).encode())
+    out = tmp_path / "killed"
+    cli = [sys.executable, "-m", "lumos.curation.cli", "sam", "--input", str(src), "--output", str(out),
+           "--aesthetic-model", "none", "--min-aesthetic", "0", "--min-size", "0", "--image-size", "64"]
+    proc = subprocess.Popen(cli + ["--commit-every", "0"], start_new_session=True, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    images, progress, deadline = str(out / "images.lance"), None, time.monotonic() + 240
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            progress = read_progress(images)
+        except Exception:  # noqa: BLE001 - the table is being created
+            progress = None
+        if progress is not None and sum(progress.is_done(i) for i in range(progress.units)) >= 2:
+            break
+        time.sleep(0.02)
+    assert proc.poll() is None, "the ingest finished before it could be killed"
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    committed = [i for i in range(progress.units) if progress.is_done(i)]
+    assert 2 <= len(committed) < tars
+    for i in committed:  # read again, these would be unreadable_archive rows
+        (src / f"sa_{i:06d}.tar").write_bytes(b"not a tar")
+    time.sleep(1)
+    resumed = subprocess.run(cli, capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    stats = json.loads((out / "stats.json").read_text())
+    assert stats["rows"] == stats["kept"] == tars * 6 and not stats["unreadable_archives"]
+
+    ds = lance.dataset(images)
+    keys = ds.to_table(columns=[cols.KEY])[cols.KEY].to_pylist()
+    assert sorted(keys) == sorted(f"sa_{n}.jpg" for n in range(tars * 6))
+    assert sorted(f.count_rows() for f in ds.get_fragments()) == [6] * tars
