@@ -48,12 +48,13 @@ class Bucket(Stage):
 
 
 def groupby(ds, keys):
-    """Ray Data's groupby with the sort-based shuffle: it runs in plain tasks, where the hash shuffle first
-    starts a pool of aggregator actors, seconds on every run, for rows of ~100 bytes. For few groups (units,
-    buckets): one map_groups call a group."""
+    """Ray Data's groupby with the hash shuffle, for few groups (units, buckets: one map_groups call a group).
+    Not the sort-based shuffle, though it is faster on small data (its tasks start at once, where the hash
+    shuffle first starts a pool of aggregator actors: seconds): measured in the mix, the sort shuffle's
+    driver grew by 32 MB at 20k rows and by 135 MB at 600k, the hash shuffle's stayed flat (+38 MB both)."""
     from ray.data.context import ShuffleStrategy
 
-    ds.context.shuffle_strategy = ShuffleStrategy.SORT_SHUFFLE_PULL_BASED
+    ds.context.shuffle_strategy = ShuffleStrategy.HASH_SHUFFLE
     return ds.groupby(keys)
 
 

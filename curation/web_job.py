@@ -14,6 +14,8 @@ import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 
+import pyarrow.parquet as pq
+
 from lumos.curation.download import DownloadConfig, download, finished_shards, shard_index
 from lumos.curation.ingest import IngestConfig, ingest_shard
 from lumos.curation.inputs import check_web_columns, read_schemas, resolve_parquet_files
@@ -164,7 +166,7 @@ def _download_and_ingest(paths: WebJobDir, expected_rows: int, config: DownloadC
     import ray
     from tqdm import tqdm
 
-    expected = -(-expected_rows // config.shard_size)
+    expected = expected_shards(paths.kept, config.shard_size) if expected_rows else 0
     table = UnitTable(paths.images, schema, [f"shard-{i}" for i in range(expected)], commit_every)
     pending = set(table.pending())
     if not pending:
@@ -198,6 +200,12 @@ def _download_and_ingest(paths: WebJobDir, expected_rows: int, config: DownloadC
     if missing:
         raise UserError(f"{missing} of {expected} download shards did not finish; re-run the same command to retry")
     return table.finish()
+
+
+def expected_shards(kept_dir: str, shard_size: int) -> int:
+    """img2dataset cuts its shards per input file: ceil(rows / shard size) for each kept file (footers only)."""
+    return sum(-(-pq.ParquetFile(os.path.join(kept_dir, name)).metadata.num_rows // shard_size)
+               for name in sorted(os.listdir(kept_dir)) if name.endswith(".parquet"))
 
 
 def _finished_shards(downloaded: threading.Event, folder: str, pending: set[int], files: dict[int, str]):
