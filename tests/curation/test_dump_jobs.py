@@ -124,12 +124,10 @@ def test_killed_sam_ingest_resumes_from_its_committed_tars(tmp_path, ray_session
     """A SAM ingest killed (SIGKILL) after some tars were committed, re-run: the committed tars are not read
     again (they are made unreadable before the re-run), and the table equals an uninterrupted run's, every
     id once, one fragment a tar."""
-    import signal
     import subprocess
     import sys
-    import time
 
-    from lumos.curation.unit_writer import read_progress
+    from kill_after import kill_after_commits
 
     src = tmp_path / "sa1b"
     src.mkdir()
@@ -143,25 +141,11 @@ def test_killed_sam_ingest_resumes_from_its_committed_tars(tmp_path, ray_session
     out = tmp_path / "killed"
     cli = [sys.executable, "-m", "lumos.curation.cli", "sam", "--input", str(src), "--output", str(out),
            "--aesthetic-model", "none", "--min-aesthetic", "0", "--min-size", "0", "--image-size", "64"]
-    proc = subprocess.Popen(cli + ["--commit-every", "0"], start_new_session=True, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    images, progress, deadline = str(out / "images.lance"), None, time.monotonic() + 240
-    while time.monotonic() < deadline and proc.poll() is None:
-        try:
-            progress = read_progress(images)
-        except Exception:  # noqa: BLE001 - the table is being created
-            progress = None
-        if progress is not None and sum(progress.is_done(i) for i in range(progress.units)) >= 2:
-            break
-        time.sleep(0.02)
-    assert proc.poll() is None, "the ingest finished before it could be killed"
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
-    committed = [i for i in range(progress.units) if progress.is_done(i)]
+    images = str(out / "images.lance")
+    committed = kill_after_commits(cli + ["--commit-every", "0"], images, 2)
     assert 2 <= len(committed) < tars
     for i in committed:  # read again, these would be unreadable_archive rows
         (src / f"sa_{i:06d}.tar").write_bytes(b"not a tar")
-    time.sleep(1)
     resumed = subprocess.run(cli, capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     stats = json.loads((out / "stats.json").read_text())

@@ -147,10 +147,10 @@ def test_mix_caps_are_exact_and_follow_the_seeded_order_at_size(tmp_path, ray_se
 def test_killed_mix_resumes_without_duplicates(tmp_path, ray_session):
     """A mix killed (SIGKILL) after some fragments were committed, re-run: the same table as an uninterrupted
     mix, every id once; the fragments committed before the kill keep their files."""
-    import signal
     import subprocess
     import sys
-    import time
+
+    from kill_after import kill_after_commits
 
     from lumos.curation.unit_writer import read_progress
 
@@ -160,21 +160,9 @@ def test_killed_mix_resumes_without_duplicates(tmp_path, ray_session):
     out = str(tmp_path / "killed")
     cli = [sys.executable, "-m", "lumos.curation.cli", "mix", "--input", a, "--input", b, "--output", out,
            "--take", "sam=400", "--commit-every", "0"]
-    proc = subprocess.Popen(cli, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    images, progress, deadline = os.path.join(out, "images.lance"), None, time.monotonic() + 240
-    while time.monotonic() < deadline and proc.poll() is None:
-        try:
-            progress = read_progress(images)
-        except Exception:  # noqa: BLE001 - the table is being created
-            progress = None
-        if progress is not None and sum(progress.is_done(i) for i in range(progress.units)) >= 3:
-            break
-        time.sleep(0.02)
-    assert proc.poll() is None, "the mix finished before it could be killed"
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
-    committed = sum(progress.is_done(i) for i in range(progress.units))
-    assert 3 <= committed < progress.units == 24
+    images = os.path.join(out, "images.lance")
+    committed = kill_after_commits(cli, images, 3)
+    assert 3 <= len(committed) < read_progress(images).units == 24
     kept_files = _files(images)
     resumed = subprocess.run(cli, capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr[-2000:]

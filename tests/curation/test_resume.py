@@ -80,32 +80,16 @@ def test_killed_ingest_resumes_from_its_committed_shards(tmp_path, ray_session):
     """Shards are ingested and committed while the download goes on; a run killed after some commits and re-run
     reads none of the committed shards again (their files are made unreadable before the re-run) and gives
     the uninterrupted run's table, every id once, in one fragment per shard."""
-    from lumos.curation.unit_writer import read_progress
+    from kill_after import kill_after_commits
 
     routes = {f"/{c.name}": Route(encode(synthetic_image(640, 512, seed=i))) for i, c in enumerate(CASES)}
     with serve(routes, delay=0.15) as served:
         metadata = write_metadata(str(tmp_path / "meta.parquet"), "laion-upper", served.base_url, CASES)
         out = str(tmp_path / "killed")
         images = os.path.join(out, "images.lance")
-        proc = subprocess.Popen(_cli(metadata, out) + ["--commit-every", "0"], start_new_session=True,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 240
-        progress = None
-        while time.monotonic() < deadline and proc.poll() is None:
-            try:
-                progress = read_progress(images)
-            except Exception:  # noqa: BLE001 - the table is being created
-                progress = None
-            if progress is not None and sum(progress.is_done(i) for i in range(progress.units)) >= 2:
-                break
-            time.sleep(0.05)
-        assert proc.poll() is None, "the run finished before it could be killed"
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-        committed = [i for i in range(progress.units) if progress.is_done(i)]
+        committed = kill_after_commits(_cli(metadata, out) + ["--commit-every", "0"], images, 2)
         assert 2 <= len(committed) < len(CASES) // SHARD
         assert not os.path.exists(os.path.join(out, "stats.json"))
-        time.sleep(1)
 
         downloads = os.path.join(out, "_work", "download")
         for index in committed:  # read again, these would fail the job
