@@ -124,21 +124,27 @@ class CapRanks(Stage):
 
 @dataclass
 class Histogram(Stage):
-    """Ray stage: per (source, bucket), how many ranked rows a block holds."""
+    """Ray stage: per capped source, the block's ranked rows counted per bucket, as one dense row (65,536
+    counts: what the driver adds up is the same size whatever the rows)."""
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         ranked = batch.filter(pc.is_valid(batch[RANK]))
-        buckets = pc.utf8_slice_codeunits(ranked[RANK], 0, BUCKET_HEX)
-        table = pa.table({cols.SOURCE: ranked[cols.SOURCE], "bucket": buckets})
-        return table.group_by([cols.SOURCE, "bucket"], use_threads=False).aggregate([([], "count_all")])
+        sources, counts = [], []
+        for source in pc.unique(ranked[cols.SOURCE]).to_pylist():
+            mine = ranked.filter(pc.equal(ranked[cols.SOURCE], source))[RANK].to_pylist()
+            buckets = np.fromiter((int(r[:BUCKET_HEX], 16) for r in mine), np.int64, len(mine))
+            sources.append(source)
+            counts.append(np.bincount(buckets, minlength=16 ** BUCKET_HEX))
+        return pa.table({cols.SOURCE: pa.array(sources, pa.string()),
+                         "counts": pa.array(counts, pa.list_(pa.int64()))})
 
 
 def _cutoffs(ranked, caps: dict[str, int]) -> dict[str, str]:
     """For each capped source with more rows than its cap: the rank of its N-th row (rows at or under it stay)."""
     counts: dict[str, np.ndarray] = {s: np.zeros(16 ** BUCKET_HEX, np.int64) for s in caps}
     for block in run_stage(ranked, Histogram()).iter_batches(batch_format="pyarrow", batch_size=None):
-        for source, bucket, n in zip(*(block[c].to_pylist() for c in (cols.SOURCE, "bucket", "count_all"))):
-            counts[source][int(bucket, 16)] += n
+        for k, source in enumerate(block[cols.SOURCE].to_pylist()):
+            counts[source] += block["counts"][k].values.to_numpy()
     cutoffs = {}
     for source, cap in caps.items():
         total = counts[source].sum()

@@ -160,9 +160,9 @@ def _filter_once(files, columns, config, paths: WebJobDir) -> FilterResult:
 
 def _download_and_ingest(paths: WebJobDir, expected_rows: int, config: DownloadConfig, ingest: IngestConfig,
                          schema, commit_every: float) -> SinkResult:
-    """img2dataset downloads in a thread while each shard it finishes is ingested by a Ray task (one
-    fragment a shard) and committed with the job's progress: a re-run skips the committed shards, and
-    img2dataset's own resume skips the shards it finished."""
+    """img2dataset downloads while a thread ingests each shard it finishes in a Ray task (one fragment a
+    shard), committed with the job's progress: a re-run skips the committed shards, and img2dataset's own
+    resume skips the shards it finished."""
     import ray
     from tqdm import tqdm
 
