@@ -17,16 +17,12 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
+from dump_files import add, jpeg, sidecar
 from lumos.curation.dump_job import ScoreConfig, run_dump_job
 from lumos.curation.dumps import ImageNetReader, JourneyDBReader, SamReader
 from lumos.curation.prepare import PrepareConfig
-from lumos.curation.sample import encode, synthetic_image
 from lumos.floor.output_lock import LOCK_NAME, OutputLocked, output_lock
 from lumos.schemas import images as cols
-
-
-def _jpeg(w, h, seed):
-    return encode(synthetic_image(w, h, seed))
 
 
 def _bytes(im, fmt, **kw):
@@ -37,16 +33,6 @@ def _bytes(im, fmt, **kw):
 
 def _sha(data):
     return hashlib.sha256(data).hexdigest()
-
-
-def _add(tar, name, data):
-    info = tarfile.TarInfo(name)
-    info.size = len(data)
-    tar.addfile(info, io.BytesIO(data))
-
-
-def _sidecar(w, h):
-    return json.dumps({"image": {"image_id": 1, "width": w, "height": h}, "annotations": []}).encode()
 
 
 def _run(reader, out, min_size):
@@ -66,8 +52,8 @@ def _run(reader, out, min_size):
 def test_sam_repeated_keys_truncated_tar_and_broken_sidecars(tmp_path, ray_session):
     src = tmp_path / "sa1b"
     (src / "mirror").mkdir(parents=True)
-    good = {n: _jpeg(640, 512, n) for n in (1, 2, 3, 9, 10, 11, 12, 13)}
-    conflicting = _jpeg(640, 512, 33)  # sa_3.jpg again, other bytes
+    good = {n: jpeg(640, 512, n) for n in (1, 2, 3, 9, 10, 11, 12, 13)}
+    conflicting = jpeg(640, 512, 33)  # sa_3.jpg again, other bytes
     sidecars = {  # each breaks its row, not the job
         4: b'{"image": {"width": 1e999, "height": 512}}',
         5: b"[" * 100_000 + b"]" * 100_000,
@@ -77,25 +63,25 @@ def test_sam_repeated_keys_truncated_tar_and_broken_sidecars(tmp_path, ray_sessi
     }
     with tarfile.open(src / "sa_000000.tar", "w") as tar:
         for folder in ("a", "b"):  # the same name in two folders of one tar
-            _add(tar, f"{folder}/sa_1.jpg", good[1])
-            _add(tar, f"{folder}/sa_1.json", _sidecar(640, 512))
+            add(tar, f"{folder}/sa_1.jpg", good[1])
+            add(tar, f"{folder}/sa_1.json", sidecar(640, 512))
         for n in (2, 3):
-            _add(tar, f"sa_{n}.jpg", good[n])
-            _add(tar, f"sa_{n}.json", _sidecar(640, 512))
+            add(tar, f"sa_{n}.jpg", good[n])
+            add(tar, f"sa_{n}.json", sidecar(640, 512))
         for n, sidecar in sidecars.items():
-            _add(tar, f"sa_{n}.jpg", _jpeg(640, 512, n))
-            _add(tar, f"sa_{n}.json", sidecar)
+            add(tar, f"sa_{n}.jpg", jpeg(640, 512, n))
+            add(tar, f"sa_{n}.json", sidecar)
     shutil.copy(src / "sa_000000.tar", src / "mirror" / "sa_000000.tar")  # a copied tar: sorts first, wins
     with tarfile.open(src / "sa_000001.tar", "w") as tar:
-        for name, data in [("sa_3.jpg", conflicting), ("sa_3.json", _sidecar(640, 512)), ("sa_9.jpg", good[9]),
-                           ("sa_9.json", _sidecar(640, 512)), ("sa_10.jpg", good[10]),
-                           ("sa_10.json", _sidecar(640, 512)), ("sa_\udcff.jpg", good[9]),
-                           ("sa_\udcff.json", _sidecar(640, 512))]:
-            _add(tar, name, data)
+        for name, data in [("sa_3.jpg", conflicting), ("sa_3.json", sidecar(640, 512)), ("sa_9.jpg", good[9]),
+                           ("sa_9.json", sidecar(640, 512)), ("sa_10.jpg", good[10]),
+                           ("sa_10.json", sidecar(640, 512)), ("sa_\udcff.jpg", good[9]),
+                           ("sa_\udcff.json", sidecar(640, 512))]:
+            add(tar, name, data)
     with tarfile.open(tmp_path / "whole.tar", "w") as tar:
         for n in (11, 12, 13):
-            _add(tar, f"sa_{n}.jpg", good[n])
-            _add(tar, f"sa_{n}.json", _sidecar(640, 512))
+            add(tar, f"sa_{n}.jpg", good[n])
+            add(tar, f"sa_{n}.json", sidecar(640, 512))
     whole = (tmp_path / "whole.tar").read_bytes()
     with tarfile.open(tmp_path / "whole.tar") as tar:
         cut = tar.getmember("sa_13.jpg").offset_data + 1000  # in the middle of the last image
@@ -128,10 +114,10 @@ def test_journeydb_repeats_bad_lines_escaping_paths_and_pixels(tmp_path, ray_ses
     src, outside = tmp_path / "jdb", tmp_path / "outside"
     (src / "000").mkdir(parents=True)
     outside.mkdir()
-    secret = _jpeg(600, 600, 7)
+    secret = jpeg(600, 600, 7)
     (outside / "secret.jpg").write_bytes(secret)
     os.symlink(outside / "secret.jpg", src / "000" / "link.jpg")
-    files = {"a.jpg": _jpeg(640, 640, 1)}
+    files = {"a.jpg": jpeg(640, 640, 1)}
 
     portrait = Image.new("RGB", (800, 600), (0, 128, 0))  # stored landscape, shown portrait (orientation 6)
     portrait.paste((255, 0, 0), (0, 0, 100, 100))  # stored top-left: shown top-right
@@ -151,7 +137,7 @@ def test_journeydb_repeats_bad_lines_escaping_paths_and_pixels(tmp_path, ray_ses
     for name, data in files.items():
         (src / "000" / name).write_bytes(data)
     with tarfile.open(src / "001.tgz", "w:gz") as tar:
-        _add(tar, "001/c.jpg", _jpeg(512, 768, 3))
+        add(tar, "001/c.jpg", jpeg(512, 768, 3))
     (src / "002.tgz").write_bytes(b"not gzip at all" * 50)
 
     def line(path, prompt="a prompt", **extra):
@@ -211,8 +197,8 @@ def test_imagenet_symlink_out_of_input_is_refused(tmp_path):
     src, outside = tmp_path / "imagenet" / "train" / "n01440764", tmp_path / "outside"
     src.mkdir(parents=True)
     outside.mkdir()
-    (src / "x1.JPEG").write_bytes(_jpeg(300, 300, 1))
-    (outside / "secret.JPEG").write_bytes(_jpeg(300, 300, 2))
+    (src / "x1.JPEG").write_bytes(jpeg(300, 300, 1))
+    (outside / "secret.JPEG").write_bytes(jpeg(300, 300, 2))
     os.symlink(outside / "secret.JPEG", src / "x2.JPEG")
     reader = ImageNetReader(str(tmp_path / "imagenet"))
     reader, units = reader.plan(reader.units(), str(tmp_path / "work"))
@@ -225,7 +211,7 @@ def test_a_second_writer_is_refused_before_anything_is_written(tmp_path):
     src = tmp_path / "sa1b"
     src.mkdir()
     with tarfile.open(src / "sa_000000.tar", "w") as tar:
-        _add(tar, "sa_1.jpg", _jpeg(640, 512, 1))
+        add(tar, "sa_1.jpg", jpeg(640, 512, 1))
     out = tmp_path / "out"
     with output_lock(str(out), "lumos-curate sam (another run)"):
         with pytest.raises(OutputLocked, match="in use by another process"):

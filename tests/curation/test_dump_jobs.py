@@ -10,23 +10,12 @@ import lance
 import pytest
 from PIL import Image
 
+from dump_files import CORRUPT, add, jpeg
 from lumos.curation.dump_job import ScoreConfig, run_dump_job
 from lumos.curation.dumps import ImageNetReader, JourneyDBReader, SamReader
 from lumos.curation.prepare import PrepareConfig
-from lumos.curation.sample import encode, synthetic_image
 from lumos.schemas import images as cols
 
-CORRUPT = encode(synthetic_image(800, 600, 99))[:3000]
-
-
-def _jpeg(w, h, seed):
-    return encode(synthetic_image(w, h, seed))
-
-
-def _add(tar, name, data):
-    info = tarfile.TarInfo(name)
-    info.size = len(data)
-    tar.addfile(info, io.BytesIO(data))
 
 
 def _run(reader, tmp_path, min_size=512, score=ScoreConfig(model="tiny")):
@@ -49,12 +38,12 @@ def test_sam_tars_with_sidecars_and_captions(tmp_path, ray_session):
     src = tmp_path / "sa1b"
     src.mkdir()
     members = {
-        "a": [("sa_1.jpg", _jpeg(800, 600, 1)), ("sa_1.json", {"width": 800, "height": 600}),
-              ("sa_2.jpg", _jpeg(512, 700, 2)), ("sa_2.json", {"width": 512, "height": 700}),
+        "a": [("sa_1.jpg", jpeg(800, 600, 1)), ("sa_1.json", {"width": 800, "height": 600}),
+              ("sa_2.jpg", jpeg(512, 700, 2)), ("sa_2.json", {"width": 512, "height": 700}),
               ("sa_3.jpg", CORRUPT), ("sa_3.json", {"width": 800, "height": 600})],
-        "b": [("sa_4.jpg", _jpeg(400, 300, 4)), ("sa_4.json", {"width": 400, "height": 300}),
-              ("sa_5.jpg", _jpeg(800, 600, 5)), ("sa_5.json", {"width": 1024, "height": 768}),
-              ("sa_6.jpg", _jpeg(800, 600, 6)), ("sa_7.json", {"width": 800, "height": 600})],
+        "b": [("sa_4.jpg", jpeg(400, 300, 4)), ("sa_4.json", {"width": 400, "height": 300}),
+              ("sa_5.jpg", jpeg(800, 600, 5)), ("sa_5.json", {"width": 1024, "height": 768}),
+              ("sa_6.jpg", jpeg(800, 600, 6)), ("sa_7.json", {"width": 800, "height": 600})],
     }
     for tar_name, files in members.items():
         with tarfile.open(src / f"sa_00000{tar_name}.tar", "w") as tar:
@@ -62,7 +51,7 @@ def test_sam_tars_with_sidecars_and_captions(tmp_path, ray_session):
                 if name.endswith(".json"):
                     content = json.dumps({"image": {"image_id": 1, "file_name": name.replace("json", "jpg"),
                                                     **content}, "annotations": []}).encode()
-                _add(tar, name, content)
+                add(tar, name, content)
     captions = tmp_path / "captions.jsonl"
     captions.write_text(json.dumps({"file_name": "sa_1.jpg", "caption": "a street"}) + "\n")
     reader = SamReader(str(src), captions=str(captions))
@@ -77,12 +66,12 @@ def test_sam_tars_with_sidecars_and_captions(tmp_path, ray_session):
 def test_journeydb_files_and_archives_with_and_without_task2(tmp_path, ray_session):
     src = tmp_path / "jdb"
     (src / "000").mkdir(parents=True)
-    (src / "000" / "a.jpg").write_bytes(_jpeg(640, 640, 1))
-    (src / "000" / "b.jpg").write_bytes(_jpeg(768, 512, 2))
+    (src / "000" / "a.jpg").write_bytes(jpeg(640, 640, 1))
+    (src / "000" / "b.jpg").write_bytes(jpeg(768, 512, 2))
     (src / "000" / "bad.jpg").write_bytes(CORRUPT)
-    (src / "000" / "small.jpg").write_bytes(_jpeg(300, 300, 3))
+    (src / "000" / "small.jpg").write_bytes(jpeg(300, 300, 3))
     with tarfile.open(src / "001.tgz", "w:gz") as tar:
-        _add(tar, "001/c.jpg", _jpeg(1024, 1024, 4))
+        add(tar, "001/c.jpg", jpeg(1024, 1024, 4))
     lines = [
         {"img_path": "./000/a.jpg", "prompt": "a castle --ar 1:1", "Task2": {"Caption": "A castle on a hill."}},
         {"img_path": "./000/b.jpg", "prompt": "a lake"},
@@ -105,8 +94,8 @@ def test_journeydb_files_and_archives_with_and_without_task2(tmp_path, ray_sessi
 @pytest.mark.parametrize("layout", ["folder", "flat"])
 def test_imagenet_layouts_store_synset_and_class_index(tmp_path, ray_session, layout):
     src = tmp_path / "imagenet"
-    files = {("n01443537", "x1"): _jpeg(500, 375, 1), ("n01440764", "x2"): _jpeg(300, 400, 2),
-             ("n01440764", "x3"): CORRUPT, ("n01443537", "x4"): _jpeg(200, 150, 4)}
+    files = {("n01443537", "x1"): jpeg(500, 375, 1), ("n01440764", "x2"): jpeg(300, 400, 2),
+             ("n01440764", "x3"): CORRUPT, ("n01443537", "x4"): jpeg(200, 150, 4)}
     for (synset, stem), data in files.items():
         path = (src / "train" / synset / f"{stem}.JPEG" if layout == "folder"
                 else src / "val" / f"ILSVRC2012_val_{stem}_{synset}.JPEG")
@@ -136,8 +125,8 @@ def test_killed_sam_ingest_resumes_from_its_committed_tars(tmp_path, ray_session
         with tarfile.open(src / f"sa_{t:06d}.tar", "w") as tar:
             for i in range(6):
                 n = t * 6 + i
-                _add(tar, f"sa_{n}.jpg", _jpeg(96, 64, n))
-                _add(tar, f"sa_{n}.json", json.dumps({"image": {"width": 96, "height": 64}}).encode())
+                add(tar, f"sa_{n}.jpg", jpeg(96, 64, n))
+                add(tar, f"sa_{n}.json", json.dumps({"image": {"width": 96, "height": 64}}).encode())
     out = tmp_path / "killed"
     cli = [sys.executable, "-m", "lumos.curation.cli", "sam", "--input", str(src), "--output", str(out),
            "--aesthetic-model", "none", "--min-aesthetic", "0", "--min-size", "0", "--image-size", "64"]

@@ -2,7 +2,6 @@
 dumps, written to a local folder and to S3 (moto on 127.0.0.1), give identical images tables and stats
 (real Ray, the tiny open_clip scorer, Lance; tars read in place, captions and annotations in Ray tasks)."""
 
-import io
 import json
 import os
 import tarfile
@@ -12,30 +11,15 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from dump_files import CORRUPT, add, jpeg, sidecar
 from lumos.curation.dump_job import ScoreConfig, run_dump_job
 from lumos.curation.dumps import ImageNetReader, JourneyDBReader, SamReader
 from lumos.curation.prepare import PrepareConfig
-from lumos.curation.sample import encode, synthetic_image
 from lumos.floor import fs
 from lumos.schemas import images as cols
 
-CORRUPT = encode(synthetic_image(800, 600, 99))[:3000]
 COMPARED = (cols.ID, cols.KEY, cols.CAPTION, cols.LONG_CAPTION, cols.SYNSET, cols.CLASS_INDEX, cols.SHA256,
             cols.WIDTH, cols.HEIGHT, cols.ORIGINAL_WIDTH, cols.ORIGINAL_HEIGHT)
-
-
-def _jpeg(w, h, seed):
-    return encode(synthetic_image(w, h, seed))
-
-
-def _add(tar, name, data):
-    info = tarfile.TarInfo(name)
-    info.size = len(data)
-    tar.addfile(info, io.BytesIO(data))
-
-
-def _sidecar(w, h):
-    return json.dumps({"image": {"image_id": 1, "width": w, "height": h}, "annotations": []}).encode()
 
 
 def _upload(local, uri):
@@ -85,23 +69,23 @@ def bucket(s3_bucket, request):
 def test_sam_from_s3_equals_local(tmp_path, bucket, ray_session):
     src = tmp_path / "sa1b"
     src.mkdir()
-    images = {n: _jpeg(640, 512, n) for n in range(1, 8)}
+    images = {n: jpeg(640, 512, n) for n in range(1, 8)}
     with tarfile.open(src / "sa_000000.tar", "w") as tar:
         for n in (1, 2, 3):
-            _add(tar, f"sa_{n}.jpg", images[n])
-            _add(tar, f"sa_{n}.json", _sidecar(640, 512))
-        _add(tar, "sa_4.jpg", CORRUPT)
-        _add(tar, "sa_4.json", _sidecar(640, 512))
+            add(tar, f"sa_{n}.jpg", images[n])
+            add(tar, f"sa_{n}.json", sidecar(640, 512))
+        add(tar, "sa_4.jpg", CORRUPT)
+        add(tar, "sa_4.json", sidecar(640, 512))
     with tarfile.open(src / "sa_000001.tar", "w") as tar:
-        for name, data in [("sa_2.jpg", images[2]), ("sa_2.json", _sidecar(640, 512)),  # repeated, same bytes
-                           ("sa_3.jpg", images[5]), ("sa_3.json", _sidecar(640, 512)),  # repeated, other bytes
-                           ("sa_5.jpg", images[5]), ("sa_5.json", _sidecar(800, 600)),  # size mismatch
-                           ("sa_6.jpg", images[6]), ("sa_6.json", _sidecar(640, 512))]:
-            _add(tar, name, data)
+        for name, data in [("sa_2.jpg", images[2]), ("sa_2.json", sidecar(640, 512)),  # repeated, same bytes
+                           ("sa_3.jpg", images[5]), ("sa_3.json", sidecar(640, 512)),  # repeated, other bytes
+                           ("sa_5.jpg", images[5]), ("sa_5.json", sidecar(800, 600)),  # size mismatch
+                           ("sa_6.jpg", images[6]), ("sa_6.json", sidecar(640, 512))]:
+            add(tar, name, data)
     with tarfile.open(tmp_path / "whole.tar", "w") as tar:
         for n in (7, 1):
-            _add(tar, f"sub/sa_{n + 10}.jpg", images[n])
-            _add(tar, f"sub/sa_{n + 10}.json", _sidecar(640, 512))
+            add(tar, f"sub/sa_{n + 10}.jpg", images[n])
+            add(tar, f"sub/sa_{n + 10}.json", sidecar(640, 512))
     with tarfile.open(tmp_path / "whole.tar") as tar:
         cut = tar.getmember("sub/sa_11.jpg").offset_data + 500
     (src / "sa_000002.tar").write_bytes((tmp_path / "whole.tar").read_bytes()[:cut])  # truncated in sa_11.jpg
@@ -134,12 +118,12 @@ def test_sam_from_s3_equals_local(tmp_path, bucket, ray_session):
 def test_journeydb_from_s3_equals_local(tmp_path, bucket, ray_session):
     src = tmp_path / "jdb"
     (src / "000").mkdir(parents=True)
-    (src / "000" / "a.jpg").write_bytes(_jpeg(640, 640, 1))
-    (src / "000" / "b.jpg").write_bytes(_jpeg(768, 512, 2))
+    (src / "000" / "a.jpg").write_bytes(jpeg(640, 640, 1))
+    (src / "000" / "b.jpg").write_bytes(jpeg(768, 512, 2))
     (src / "000" / "bad.jpg").write_bytes(CORRUPT)
     with tarfile.open(src / "001.tgz", "w:gz") as tar:
-        _add(tar, "001/c.jpg", _jpeg(1024, 1024, 4))
-        _add(tar, "001/d.jpg", _jpeg(600, 800, 5))
+        add(tar, "001/c.jpg", jpeg(1024, 1024, 4))
+        add(tar, "001/d.jpg", jpeg(600, 800, 5))
     anno = tmp_path / "anno"
     anno.mkdir()
 
@@ -176,9 +160,9 @@ def test_journeydb_from_s3_equals_local(tmp_path, bucket, ray_session):
 
 def test_imagenet_from_s3_equals_local(tmp_path, bucket, ray_session):
     src = tmp_path / "imagenet"
-    files = {"train/n01443537/x1.JPEG": _jpeg(500, 375, 1), "train/n01440764/x2.JPEG": _jpeg(300, 400, 2),
-             "train/n01440764/x3.JPEG": CORRUPT, "train/n01443537/x4.JPEG": _jpeg(200, 150, 4),
-             "val/ILSVRC2012_val_00000001_n01440764.JPEG": _jpeg(320, 320, 5), "train/notes.txt": b"not an image"}
+    files = {"train/n01443537/x1.JPEG": jpeg(500, 375, 1), "train/n01440764/x2.JPEG": jpeg(300, 400, 2),
+             "train/n01440764/x3.JPEG": CORRUPT, "train/n01443537/x4.JPEG": jpeg(200, 150, 4),
+             "val/ILSVRC2012_val_00000001_n01440764.JPEG": jpeg(320, 320, 5), "train/notes.txt": b"not an image"}
     for rel, data in files.items():
         (src / rel).parent.mkdir(parents=True, exist_ok=True)
         (src / rel).write_bytes(data)
