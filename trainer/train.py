@@ -165,6 +165,11 @@ class Run:
             if changed:
                 raise UserError(f"--resume: {self.resume_from} was trained with other {', '.join(changed)}; "
                                 "resume with the same settings (the data order depends on them)")
+            now = {k: v for k, v in asdict(c).items()
+                   if k not in RUN_DEFINING[c.mode] and k != "resume" and saved["train"].get(k, v) != v}
+            if now and self.rank == 0:
+                say("--resume: in force from here: " + ", ".join(f"{k.replace('_', '-')} {v} (was {saved['train'][k]})"
+                                                                  for k, v in sorted(now.items())))
 
         torch.manual_seed(c.seed)
         self.model = LumosDiT(c.model, latent_shape[-1], latent_shape[0], caption_channels,
@@ -252,10 +257,23 @@ class Run:
         self.ema.load_state_dict(ckpt.read_weights(path, "ema"))
         state = ckpt.read_state(path)
         self.optimizer.load_state_dict(state["optimizer"])
-        self.scaler.load_state_dict(state["scaler"])
+        if state["scaler"] and self.scaler.is_enabled():  # fp16 then and now; a change of precision starts afresh
+            self.scaler.load_state_dict(state["scaler"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.step = state["step"]
         self.generator.set_state(ckpt.read_rng(path, self.rank))
+        self._apply_settings()
+
+    def _apply_settings(self) -> None:
+        """The optimizer and the schedule follow this run's lr, warm-up and weight decay, not the checkpoint's
+        (its state_dict brings the old ones back): the run record then says what is in force."""
+        c = self.config
+        self.scheduler.base_lrs = [c.lr for _ in self.optimizer.param_groups]
+        for group in self.optimizer.param_groups:
+            group["initial_lr"] = c.lr
+            group["weight_decay"] = c.weight_decay
+            group["lr"] = c.lr * self.scheduler.lr_lambdas[0](self.scheduler.last_epoch)
+        self.scheduler._last_lr = [g["lr"] for g in self.optimizer.param_groups]
 
     # --- the loop ---
     def loader(self):

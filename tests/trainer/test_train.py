@@ -80,6 +80,27 @@ def test_resume_after_steps_k_logs_the_same_losses(feature_table, tmp_path):
     assert max(abs(a[s] - b[s]) for s in range(14, 31)) <= 1e-6
 
 
+def test_settings_changed_on_resume_are_in_force_and_said(feature_table, tmp_path):
+    run, said = tmp_path / "run", []
+    run_training(_config("i2i", feature_table, run, steps=12, save_every=12), say=lambda *_: None)
+    run_training(_config("i2i", feature_table, run, steps=16, save_every=4, resume=True, lr=2.5e-4, warmup=20,
+                         weight_decay=0.1, grad_clip=0.5), say=said.append)
+    lines = [x for x in said if x.startswith("--resume")]
+    assert lines == ["--resume: in force from here: grad-clip 0.5 (was 0.01), lr 0.00025 (was 0.001), save-every 4 (was 12), "
+                     "steps 16 (was 12), warmup 20 (was 10), weight-decay 0.1 (was 0.03)"], said
+    with open(os.path.join(run, "metrics.jsonl")) as f:
+        lrs = {r["step"]: r["lr"] for r in map(json.loads, f)}
+    assert lrs[12] == pytest.approx(1e-3)  # before: warm-up of 10 steps over, the old rate
+    for step in range(13, 17):  # the new rate, on the new warm-up of 20 steps (scheduler step = optimizer step)
+        assert lrs[step] == pytest.approx(2.5e-4 * min(1.0, (step + 1) / 20)), (step, lrs[step])
+    state = ckpt.read_state(ckpt.list_checkpoints(str(run))[-1][1])
+    groups = state["optimizer"]["param_groups"]
+    assert [g["weight_decay"] for g in groups] == [0.1] and [g["initial_lr"] for g in groups] == [2.5e-4]
+    with open(run / "config.json") as f:
+        train = json.load(f)["train"]
+    assert (train["lr"], train["warmup"], train["weight_decay"], train["grad_clip"]) == (2.5e-4, 20, 0.1, 0.5)
+
+
 def test_resume_after_sigkill_logs_the_same_losses(feature_table, tmp_path):
     whole, killed = tmp_path / "whole", tmp_path / "killed"
     run_training(_config("i2i", feature_table, whole, steps=60, save_every=20), say=lambda *_: None)
