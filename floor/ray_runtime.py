@@ -17,6 +17,7 @@ def init_ray(num_cpus: int | None = None) -> None:
 
     if ray.is_initialized():
         return
+    quiet_libraries()
     address = os.environ.get("RAY_ADDRESS") or None
     ray.init(
         address=address,
@@ -28,6 +29,17 @@ def init_ray(num_cpus: int | None = None) -> None:
     ctx = DataContext.get_current()
     # Our blocks are Arrow tables; keep them so (no pandas round trip) and fail loudly on a bad block.
     ctx.max_errored_blocks = 0
+
+
+def quiet_libraries() -> None:
+    """Off: two lines every start printed that tell a user nothing they can act on. Ray's note that token
+    authentication is on (it is, as it should be: the embedded cluster is this machine's only), and lance's
+    fork-safety warning, printed by each child a process forks after importing lance (ours fork only to
+    exec, or use spawn: DataLoader workers, Ray's workers)."""
+    import warnings
+
+    logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", message="lance is not fork-safe", category=UserWarning)
 
 
 def cluster_cpus() -> int:

@@ -20,6 +20,8 @@ from dataclasses import dataclass
 
 import pyarrow as pa
 
+from lumos.floor.errors import UserError
+
 
 @dataclass(frozen=True)
 class Placement:
@@ -71,6 +73,16 @@ class _InActor:
         yield from self.call(batch)
 
 
+def require_gpus(what: str) -> None:
+    """One line, at once, when `what` needs GPUs and the Ray cluster has none: Ray itself would wait forever
+    for a node that can fulfil {GPU: 1}. (A cluster that adds GPU nodes on demand must start one first.)"""
+    import ray
+
+    if not ray.cluster_resources().get("GPU", 0):
+        raise UserError(f"{what}: the Ray cluster has no GPU ({ray.cluster_resources().get('CPU', 0):g} CPUs, 0 GPUs); "
+                        "use --device cpu (or auto), or run on a cluster with GPUs")
+
+
 def run_stage(ds, stage: Stage, placement: Placement | None = None):
     """`ds` with `stage` applied to Arrow batches: in tasks, or in an actor pool for a model stage."""
     from ray.data import ActorPoolStrategy
@@ -78,6 +90,7 @@ def run_stage(ds, stage: Stage, placement: Placement | None = None):
     p = placement or stage.placement()
     common = {"batch_format": "pyarrow", "batch_size": p.batch_size, "num_cpus": p.num_cpus}
     if p.num_gpus:
+        require_gpus(f"{type(stage).__name__} ({p.num_gpus:g} GPU a worker)")
         common["num_gpus"] = p.num_gpus
     if p.actors:
         return ds.map_batches(_InActor, fn_constructor_args=(stage,), **common,

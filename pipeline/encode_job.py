@@ -66,8 +66,9 @@ def run_encode(input_uri: str, output_uri: str, encoders: list[EncoderConfig], d
             if existing is not None and not _same(existing, provenance):
                 differs = sorted(k for k in set(existing) | set(provenance)
                                  if k not in UNCOMPARED and existing.get(k) != provenance.get(k))
-                raise UserError(f"{output_uri} already holds {config.name} features made differently (differs in: "
-                                f"{', '.join(differs)}); write to another --output")
+                said = "; ".join(f"{k}: {existing.get(k)!r} then, {provenance.get(k)!r} now" for k in differs)
+                raise UserError(f"{output_uri} already holds {config.name} features made differently ({said}); "
+                                "write to another --output")
             encoder.check()  # missing weights fail here, in one line, before any work starts
             chosen.append((config, encoder, provenance))
         if _nothing_to_do(images, output_uri, [e for _, e, _ in chosen]):
@@ -75,6 +76,8 @@ def run_encode(input_uri: str, output_uri: str, encoders: list[EncoderConfig], d
                 say(f"{config.name}: already in {output_uri}, nothing to do")
             return {"encoders": {}, "total_s": round(time.monotonic() - started, 3)}
         init_ray()
+        if device == "cuda":
+            stages.require_gpus("--device cuda")
         say(describe_cluster())
         check_unique_ids(images, input_uri)
         if table_exists(output_uri):

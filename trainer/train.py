@@ -440,7 +440,7 @@ def _same_provenance(saved: dict, now: dict, where: str) -> None:
 
 def _differs(a: dict, b: dict) -> str:
     keys = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
-    return "differs in: " + ", ".join(keys)
+    return "differs in: " + "; ".join(f"{k}: {a.get(k)!r} then, {b.get(k)!r} now" for k in keys)
 
 
 @contextlib.contextmanager

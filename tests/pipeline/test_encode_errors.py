@@ -3,6 +3,7 @@
 import os
 import subprocess
 import sys
+import time
 
 import pytest
 from test_encode_resume import _images
@@ -34,6 +35,31 @@ def test_missing_real_weights_name_them_and_never_fall_back(tmp_path):
     code, lines = _encode("--encoder", "sd-vae", "--input", images, "--output", str(tmp_path / "f"), env=env)
     assert code == 2 and len(lines) == 1 and "stabilityai/sd-vae-ft-mse" in lines[0], lines
     assert not (tmp_path / "f").exists()
+
+
+def test_device_cuda_without_a_gpu_fails_at_once_in_one_line(tmp_path):
+    """Ray would wait forever for a node with {GPU: 1}; the command says so in one line and stops. The stage
+    runner refuses a GPU placement on a GPU-less cluster the same way, whoever asks."""
+    images = _images(str(tmp_path / "images.lance"), count=2)
+    started = time.monotonic()
+    code, lines = _encode("--encoder", "tiny-vae", "--resolution", "64", "--input", images,
+                          "--output", str(tmp_path / "f.lance"), "--device", "cuda", env={"CUDA_VISIBLE_DEVICES": ""})
+    assert code == 2 and len(lines) == 1, lines
+    assert lines[0].startswith("error: --device cuda: the Ray cluster has no GPU"), lines
+    assert time.monotonic() - started < 120  # Ray's start-up included; the hang it replaces had no end
+
+
+def test_a_gpu_stage_on_a_cluster_without_gpus_is_refused(ray_session):
+    import ray
+
+    from lumos.floor.stages import Placement, Stage, run_stage
+
+    class Noop(Stage):
+        def __call__(self, batch):
+            return batch
+
+    with pytest.raises(UserError, match=r"Noop \(1 GPU a worker\): the Ray cluster has no GPU"):
+        run_stage(ray.data.range(4), Noop(), Placement(batch_size=2, actors=1, num_gpus=1))
 
 
 def test_features_made_differently_are_refused(tmp_path, ray_session):
