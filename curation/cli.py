@@ -17,13 +17,11 @@ from lumos.curation import options  # noqa: E402
 from lumos.curation.download import DownloadConfig  # noqa: E402
 from lumos.curation.sample import DEFAULT_PORT  # noqa: E402
 from lumos.curation.unit_writer import COMMIT_EVERY_S  # noqa: E402
+from lumos.floor.cli_app import new_app  # noqa: E402
 from lumos.floor.errors import UserError  # noqa: E402
 
-app = typer.Typer(
-    add_completion=False,
-    no_args_is_help=True,
-    help="Curate images for Lumos: filter web metadata, download, and write an images table in Lance.",
-)
+app = new_app("Curate images for Lumos: filter web metadata, download, and write an images table in Lance.",
+              group=True, no_args_is_help=True)
 err_console = Console(stderr=True)
 COMMIT_EVERY = typer.Option(COMMIT_EVERY_S, help="Seconds between commits of finished work units (shards, tars, "
                             "fragments): what a killed job re-run does not redo.")
@@ -79,8 +77,8 @@ def _web_command(source: str, variants: str):
                  no_download, workers, threads, shard_size, timeout, allow_private_urls, commit_every)
 
     command.__doc__ = (
-        f"Filter {source} metadata with Ray Data, download the kept images with img2dataset, write "
-        f"OUTPUT/images.lance. Resumable: re-run the same command after a crash."
+        f"Web images from {source} metadata.\n\nFilter the metadata with Ray Data, download the kept images "
+        f"with img2dataset, write OUTPUT/images.lance. Resumable: re-run the same command after a crash."
     )
     return command
 
@@ -153,7 +151,9 @@ def sam(
     image_size: int = IMAGE_SIZE,
     commit_every: float = COMMIT_EVERY,
 ):
-    """Ingest SA-1B: image sizes from each sa_N.json, checked against the image; score, filter, write.
+    """Ingest an SA-1B dump (tars).
+
+    Image sizes from each sa_N.json, checked against the image; score, filter, write.
     --input and --captions may be local paths or object-store URIs (s3://...); --captions a file, folder or
     glob. The tars are read in place and the captions joined in Ray tasks."""
     from lumos.curation.dumps import SamReader
@@ -177,7 +177,9 @@ def journeydb(
     image_size: int = IMAGE_SIZE,
     commit_every: float = COMMIT_EVERY,
 ):
-    """Ingest JourneyDB: `prompt` as caption and Task2.Caption (when present) as long_caption. --input and
+    """Ingest a JourneyDB dump.
+
+    `prompt` as caption and Task2.Caption (when present) as long_caption. --input and
     --annotations (a jsonl, a folder or a glob of them) may be local paths or object-store URIs (s3://...);
     the annotations are parsed and de-duplicated in Ray tasks."""
     from lumos.curation.dumps import JourneyDBReader
@@ -203,7 +205,9 @@ def imagenet(
     image_size: int = IMAGE_SIZE,
     commit_every: float = COMMIT_EVERY,
 ):
-    """Ingest ImageNet with its synset and class index as columns. --input and --synsets may be local paths
+    """Ingest ImageNet (train/ folders).
+
+    Its synset and class index become columns. --input and --synsets may be local paths
     or object-store URIs (s3://...)."""
     from lumos.curation.dumps import ImageNetReader
 
@@ -221,12 +225,32 @@ def score(
     clip_weights: Optional[str] = CLIP_WEIGHTS,
     aesthetic_weights: Optional[str] = AESTHETIC_WEIGHTS,
 ):
-    """(Re)compute the aesthetic column of an images table in place, e.g. to check COYO's own scores."""
+    """(Re)compute a table's aesthetic scores.
+
+    The aesthetic column of an images table, in place, e.g. to check COYO's own scores."""
     from lumos.curation.dump_job import ScoreConfig
     from lumos.curation.score_job import score_table
 
     _run(lambda: score_table(input, ScoreConfig(aesthetic_model, clip_weights, aesthetic_weights), err_console.print),
          lambda s: f"scored {s['scored']} of {s['rows']} images with {s['model']}, mean score {s['mean']}")
+
+
+@app.command("filter")
+def filter_(
+    input: str = typer.Option(..., "--input", help="An images table (images.lance) to drop rows from in place; "
+                              "counts per reason go to images.filter.stats.json beside it."),
+    min_aesthetic: float = typer.Option(0.0, help="Keep rows whose aesthetic score is >= this; a row without a "
+                                        "score is dropped (aesthetic_missing). 0 turns the filter off."),
+    min_size: int = typer.Option(0, help="Keep rows whose original shorter side is >= this many pixels. 0 turns "
+                                 "the filter off."),
+):
+    """Drop rows by size and aesthetic score.
+
+    In place, by the web filters, as Lance deletions (no image byte rewritten)."""
+    from lumos.curation.table_filter import TableFilterConfig, filter_table, summary
+
+    config = TableFilterConfig(min_aesthetic=min_aesthetic, min_size=min_size)
+    _run(lambda: filter_table(_where(input), config, err_console.print), summary, check=config.check)
 
 
 @app.command("compact")
@@ -235,7 +259,9 @@ def compact(
                               "encoder will be added to)."),
     rows_per_fragment: int = typer.Option(50_000, help="Target rows a fragment (~1-2 GB of 512-px JPEGs)."),
 ):
-    """Rewrite a table's small fragments into large ones on the Ray cluster, then clean old versions.
+    """Merge a table's small fragments.
+
+    Rewrite them into large ones on the Ray cluster, then clean old versions.
     Compact an images table before lumos-encode, not after (features follow its fragments)."""
     from lumos.curation.compact_job import compact_table
 
@@ -256,7 +282,9 @@ def mix(
     seed: int = typer.Option(0, help="Seed of the choice made by --take."),
     commit_every: float = COMMIT_EVERY,
 ):
-    """Mix images tables into one: duplicates removed, caps per source, ids kept, stats per source."""
+    """Mix images tables into one.
+
+    Duplicates removed, caps per source, ids kept, stats per source."""
     from lumos.curation.mix_job import run_mix
 
     def job():
@@ -277,7 +305,9 @@ def sample(
                              "keeps the sample's URLs, and so its image ids, the same from run to run."),
     workers: int = typer.Option(2, help="Download processes for the sample's images."),
 ):
-    """Run `laion` on the built-in sample: LAION-shaped metadata and images served on 127.0.0.1."""
+    """Run `laion` on the built-in sample.
+
+    LAION-shaped metadata and images served on 127.0.0.1."""
     from lumos.curation.sample import sample_rows, sample_routes, serve, write_sample_metadata
 
     rows = sample_rows()

@@ -11,12 +11,13 @@ from rich.console import Console
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 os.environ.setdefault("LANCE_LOG", "error")
 
+from lumos.floor.cli_app import VERSION, new_app  # noqa: E402
 from lumos.floor.errors import UserError  # noqa: E402
 from lumos.pipeline.encoders import ENCODERS  # noqa: E402
 from lumos.pipeline.options import encode_options  # noqa: E402
 
 err_console = Console(stderr=True)
-app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
+app = new_app(__doc__, no_args_is_help=True)
 
 
 @app.command()
@@ -43,6 +44,7 @@ def encode(
                                          "between the encoders of one command, each with its own actors."),
     commit_every: float = typer.Option(300.0, help="Seconds between commits of finished fragments: what a "
                                        "killed run can lose (each commit is a Lance version, cleaned at the end)."),
+    version: bool = VERSION,
 ):
     """Encode every image with each encoder, reading and decoding each image once for all of them. Features
     follow the images table's fragments; re-running is a no-op, a killed run resumes by fragment, a grown

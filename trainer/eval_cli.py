@@ -24,17 +24,19 @@ from rich.console import Console
 
 os.environ.setdefault("LANCE_LOG", "error")
 
+from lumos.floor.cli_app import VERSION, new_app  # noqa: E402
 from lumos.floor.errors import UserError  # noqa: E402
 from lumos.floor.output_lock import output_lock  # noqa: E402
 from lumos.trainer.sample_cli import CFG, DEVICE, PRECISION, SCHEDULER, SEED, STEPS  # noqa: E402
 
 err_console = Console(stderr=True)
-app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
+app = new_app(__doc__, no_args_is_help=True)
 
 
 @app.callback()
-def main():
+def main(version: bool = VERSION):
     """Evaluate lumos-train runs."""
+    del version  # handled by its callback
 
 
 @app.command()

@@ -23,11 +23,12 @@ import shutil
 import typer
 from rich.console import Console
 
+from lumos.floor.cli_app import VERSION, new_app
 from lumos.floor.errors import UserError
 from lumos.floor.output_lock import LOCK_NAME, output_lock
 
 err_console = Console(stderr=True)
-app = typer.Typer(add_completion=False, help=__doc__)
+app = new_app(__doc__)
 NEGATIVE = "negative.safetensors"
 DESCRIPTION = "lumos.json"
 STAGING = ".lumos-export.tmp"  # inside the locked folder; its entries are moved out when all are written
@@ -127,7 +128,8 @@ def main(checkpoint: str = typer.Option(..., help="A lumos-train run folder (its
          scheduler: str = typer.Option("dpm", help="The scheduler to ship: dpm (DPM-Solver++, PixArt's) or ddim."),
          text_encoder: bool = typer.Option(True, help="T2I: copy the run's T5 and tokenizer into the folder "
                                            "(T5-XXL is ~19 GB in fp32); --no-text-encoder leaves them out "
-                                           "(pass text_encoder= and tokenizer= to from_pretrained).")):
+                                           "(pass text_encoder= and tokenizer= to from_pretrained)."),
+         version: bool = VERSION):
     """Write a run as a diffusers folder: PixArtAlphaPipeline for T2I runs, the transformer, scheduler and VAE
     for I2I runs; plus the learned null condition to pass as the negative prompt."""
     try:

@@ -17,10 +17,11 @@ from rich.markup import escape
 
 os.environ.setdefault("LANCE_LOG", "error")
 
+from lumos.floor.cli_app import new_app  # noqa: E402
 from lumos.floor.errors import UserError  # noqa: E402
 
 err_console = Console(stderr=True)
-app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
+app = new_app(__doc__, group=True, no_args_is_help=True)
 
 CHECKPOINT = typer.Option(..., help="A lumos-train run folder (its newest checkpoint) or a checkpoints/step-N folder.")
 NUM = typer.Option(4, help="Samples per input.")
@@ -134,8 +135,9 @@ def i2i(checkpoint: str = CHECKPOINT,
         image: List[str] = typer.Option(..., help="An input image; repeat for more (one grid row each)."),
         num: int = NUM, steps: int = STEPS, cfg: float = CFG, scheduler: str = SCHEDULER, seed: int = SEED,
         output: str = OUTPUT, device: str = DEVICE, precision: str = PRECISION):
-    """Variations of images: each row is an input (as the VAE sees it) then --num samples conditioned on its
-    DINO features."""
+    """Variations of input images.
+
+    Each row is an input (as the VAE sees it) then --num samples conditioned on its DINO features."""
     from lumos.trainer.grid import save_grid
 
     def body():
@@ -155,7 +157,9 @@ def interpolate(checkpoint: str = CHECKPOINT,
                 num: int = typer.Option(8, help="Points from A to B, both ends included."),
                 steps: int = STEPS, cfg: float = CFG, scheduler: str = SCHEDULER, seed: int = SEED,
                 output: str = OUTPUT, device: str = DEVICE, precision: str = PRECISION):
-    """A strip from image A to image B: slerp between their DINO features, one shared noise (Figure S7)."""
+    """A strip from image A to image B.
+
+    Slerp between their DINO features, one shared noise (Figure S7)."""
     import torch
 
     from lumos.trainer.grid import save_grid
@@ -182,7 +186,9 @@ def t2i(checkpoint: str = CHECKPOINT,
         prompt: List[str] = typer.Option(..., help="A prompt; repeat for more (one grid row each)."),
         num: int = NUM, steps: int = STEPS, cfg: float = CFG, scheduler: str = SCHEDULER, seed: int = SEED,
         output: str = OUTPUT, device: str = DEVICE, precision: str = PRECISION):
-    """Images from text: each row --num samples for one prompt, encoded by the run's T5."""
+    """Images from text prompts.
+
+    Each row: --num samples for one prompt, encoded by the run's T5."""
     from lumos.trainer.grid import save_grid
 
     def body():

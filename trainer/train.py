@@ -15,10 +15,9 @@ import json
 import math
 import os
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import torch
-import torch.nn.functional as F
 
 from lumos.floor.errors import UserError
 from lumos.floor.output_lock import output_lock
@@ -26,6 +25,7 @@ from lumos.schemas import features
 from lumos.trainer import checkpoint as ckpt
 from lumos.trainer.data import EpochOrder, FeatureColumns, FeatureStream, open_positions, positions_file
 from lumos.trainer.diffusion import Diffusion
+from lumos.trainer.feature_api import prepare
 from lumos.trainer.held_back import HeldBackGrid, hold_back
 from lumos.trainer.metrics import MetricsLog, keep_until
 from lumos.trainer.models import DIT_MODELS, LumosDiT, autocast
@@ -54,7 +54,7 @@ class TrainConfig:
     lr: float = 1.6e-4
     warmup: int = 1000
     weight_decay: float = 0.03
-    precision: str = "fp16"
+    precision: str = "auto"  # fp16 on a GPU (the paper's), fp32 on a CPU
     grad_clip: float = 0.01  # PixArt-α's setting
     grad_checkpointing: bool = False
     ema: float = 0.9999
@@ -64,7 +64,7 @@ class TrainConfig:
     log_every: int = 10
     seed: int = 0
     resume: bool = False
-    workers: int = 4
+    workers: int | None = None  # None: auto (4 with a GPU or more than 4 cores, else 0)
     record_samples: bool = False
     tensorboard: bool = False
     sample_every: int = 0  # a grid of held-back samples every N steps (0: none, no row held back)
@@ -75,7 +75,8 @@ class TrainConfig:
         checks = [
             (self.mode in ("i2i", "t2i"), f"mode {self.mode!r}: expected i2i or t2i"),
             (self.model in DIT_MODELS, f"--model {self.model}: choose from {', '.join(DIT_MODELS)}"),
-            (self.precision in PRECISIONS, f"--precision {self.precision}: expected fp16, bf16 or fp32"),
+            (self.precision in (*PRECISIONS, "auto"),
+             f"--precision {self.precision}: expected fp16, bf16, fp32 or auto"),
             (self.caption in ("short", "long"), f"--caption {self.caption}: expected short or long"),
             (not (self.mode == "i2i" and self.init), "--init is for t2i (fine-tuning an I2I run)"),
             (self.steps >= 1, f"--steps {self.steps}: must be >= 1"),
@@ -93,15 +94,24 @@ class TrainConfig:
             (self.keep >= 1, f"--keep {self.keep}: must be >= 1"),
             (self.log_every >= 1, f"--log-every {self.log_every}: must be >= 1"),
             (self.seed >= 0, f"--seed {self.seed}: must be >= 0"),
-            (self.workers >= 0, f"--workers {self.workers}: must be >= 0 (0: load in the main process)"),
+            (self.workers is None or self.workers >= 0,
+             f"--workers {self.workers}: must be >= 0 (0: load in the main process)"),
             (self.sample_every >= 0, f"--sample-every {self.sample_every}: must be >= 0 (0: no sample grids)"),
             (self.sample_every == 0 or self.sample_rows >= 1, f"--sample-rows {self.sample_rows}: must be >= 1"),
         ]
         for ok, message in checks:
             if not ok:
                 raise UserError(message)
-        if self.precision == "fp16" and not torch.cuda.is_available():
-            raise UserError("--precision fp16 needs a GPU; on a CPU pass --precision fp32 (or bf16)")
+
+    def fit_machine(self, cuda: bool) -> None:
+        """The `auto` settings made concrete for this machine (the run record says what was used), and what
+        the machine cannot do refused in one line."""
+        if self.precision == "auto":
+            self.precision = "fp16" if cuda else "fp32"
+        if self.precision == "fp16" and not cuda:
+            raise UserError("--precision fp16 needs a GPU; on a CPU pass --precision fp32 (or bf16, or auto)")
+        if self.workers is None:  # on 2 cores, 4 loader processes made training 2.6x slower than 0
+            self.workers = 4 if cuda or (os.cpu_count() or 1) > 4 else 0
 
 
 def _finite(value) -> bool:
@@ -133,7 +143,7 @@ class Run:
     """Everything a training process holds; built once, then `train()`."""
 
     def __init__(self, config: TrainConfig, say=print):
-        self.config = c = config
+        self.config = c = replace(config)  # its auto settings are made concrete below, not the caller's
         self.say = say
         c.validate()
         self.world, self.rank, self.device = _process()
@@ -145,7 +155,8 @@ class Run:
             meta = features.str_metadata(lance.dataset(c.data).schema.metadata)
         except (ValueError, OSError) as err:
             raise UserError(f"--data {c.data} is not a Lance table: {str(err).splitlines()[0]}") from None
-        self.columns, self.provenance = _columns_and_provenance(c, meta)
+        self.columns, self.provenance = columns_and_provenance(c, meta)
+        c.fit_machine(cuda)
         schema = lance.dataset(c.data).schema
         latent_shape = features.shape_of(schema.field(self.columns.mean))  # (4, H/8, W/8)
         caption_channels = features.shape_of(schema.field(self.columns.cond))[-1]
@@ -287,18 +298,10 @@ class Run:
                                persistent_workers=False, prefetch_factor=4 if workers else None))
 
     def train_step(self, batch: dict) -> torch.Tensor:
-        c, dev = self.config, self.device
-        mean = batch["mean"].to(dev, non_blocking=True).float()
-        std = batch["std"].to(dev, non_blocking=True).float()
-        weight = batch["weight"].to(dev)
-        n = mean.shape[0]
-        # Latents drawn at train time from the stored posterior (PixArt, REPA), times the VAE's scaling factor.
-        g = self.generator
-        x0 = (mean + std * torch.randn(mean.shape, device=dev, generator=g)) * self.scaling  # (N, 4, h, w)
-        cond = batch["cond"].to(dev, non_blocking=True).float()  # (N, L, C)
-        mask = batch["mask"].to(dev) if "mask" in batch else None
-        if c.mode == "i2i":
-            cond = F.normalize(cond, dim=-1)  # official Lumos: the L2-normalised DINO CLS as one token
+        c, dev, g = self.config, self.device, self.generator
+        ready = prepare(batch, self.scaling, c.mode, g, dev)  # what feature_loader gives a user's own loop
+        x0, cond, mask, weight = ready["x0"], ready["cond"], ready.get("mask"), ready["weight"]
+        n = x0.shape[0]
         drop = torch.rand(n, device=dev, generator=g) < c.cond_dropout
         t = torch.randint(0, self.diffusion.steps, (n,), device=dev, generator=g)
         noise = torch.randn(x0.shape, device=dev, generator=g)
@@ -410,7 +413,7 @@ def _held_back(train: dict) -> int:
     return train.get("sample_rows", 8) if train.get("sample_every", 0) else 0
 
 
-def _columns_and_provenance(c: TrainConfig, meta: dict) -> tuple[FeatureColumns, dict]:
+def columns_and_provenance(c: TrainConfig, meta: dict) -> tuple[FeatureColumns, dict]:
     cond_encoder = c.condition if c.mode == "i2i" else c.text
     provenance = {}
     for role, encoder in (("latents", c.latents), ("condition", cond_encoder)):

@@ -80,6 +80,20 @@ def test_resume_after_steps_k_logs_the_same_losses(feature_table, tmp_path):
     assert max(abs(a[s] - b[s]) for s in range(14, 31)) <= 1e-6
 
 
+def test_auto_precision_and_workers_fit_the_machine_and_are_recorded(feature_table, tmp_path):
+    run = tmp_path / "run"
+    config = TrainConfig(mode="i2i", data=feature_table, output=str(run), model="DiT-T/2", latents="tiny-vae",
+                         condition="tiny-dino", batch_size=4, steps=1, log_every=1)
+    assert (config.precision, config.workers) == ("auto", None)  # the defaults
+    run_training(config, say=lambda *_: None)
+    with open(run / "config.json") as f:
+        train = json.load(f)["train"]
+    cuda = torch.cuda.is_available()
+    assert train["precision"] == ("fp16" if cuda else "fp32")
+    assert train["workers"] == (4 if cuda or os.cpu_count() > 4 else 0)
+    assert config.precision == "auto"  # the caller's config is left as given
+
+
 def test_settings_changed_on_resume_are_in_force_and_said(feature_table, tmp_path):
     run, said = tmp_path / "run", []
     run_training(_config("i2i", feature_table, run, steps=12, save_every=12), say=lambda *_: None)
@@ -143,7 +157,7 @@ def test_features_made_differently_are_refused_in_one_line(feature_table, tmp_pa
     run = tmp_path / "run"
     run_training(_config("i2i", feature_table, run, steps=2), say=lambda *_: None)
     images = lance.dataset(feature_table).schema.metadata  # the images table these features came from
-    images_uri = json.loads(images[b"lumos.encoder.tiny-vae"])["images"]
+    images_uri = json.loads(images[b"lumos.encoder.tiny-vae"])["images"]["path"]
     other = str(tmp_path / "other.lance")
     run_encode(images_uri, other, [EncoderConfig("tiny-vae", resolution=128), EncoderConfig("tiny-dino"),
                                    EncoderConfig("tiny-t5")],

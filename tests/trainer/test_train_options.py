@@ -29,7 +29,8 @@ TRAIN_CASES = [  # (flags, what the one line says)
     (["--seed", "-1"], "--seed -1: must be >= 0"),
     (["--sample-every", "-1"], "--sample-every -1: must be >= 0"),
     (["--sample-every", "5", "--sample-rows", "0"], "--sample-rows 0: must be >= 1"),
-    (["--precision", "fp8"], "--precision fp8: expected fp16, bf16 or fp32"),
+    (["--precision", "fp8"], "--precision fp8: expected fp16, bf16, fp32 or auto"),
+    (["--workers", "many"], "--workers many: expected a number >= 0 or auto"),
     (["--model", "DiT-Q/9"], "--model DiT-Q/9: choose from"),
     (["--caption", "medium"], "--caption medium: expected short or long"),
 ]
@@ -44,7 +45,8 @@ def _one_line(result) -> str:
 @pytest.mark.parametrize("flags,message", TRAIN_CASES, ids=[" ".join(f) for f, _ in TRAIN_CASES])
 def test_lumos_train_refuses_impossible_options_before_writing(tmp_path, flags, message):
     output = tmp_path / "run"
-    base = ["i2i", "--data", str(tmp_path / "features.lance"), "--output", str(output), "--model", "DiT-T/2",
+    mode = "t2i" if "--caption" in flags else "i2i"  # each mode takes its own options only
+    base = [mode, "--data", str(tmp_path / "features.lance"), "--output", str(output), "--model", "DiT-T/2",
             "--precision", "fp32"]  # --data is not even read: the options are checked first
     line = _one_line(CliRunner().invoke(cli.app, [*base, *flags]))
     assert message in line, line
