@@ -270,6 +270,30 @@ def compact(
                    f"in {s['seconds']:.1f}s")
 
 
+@app.command("inspect")
+def inspect(
+    table: str = typer.Argument(..., help="An images table (DIR/images.lance, local or s3://)."),
+    sheet: Optional[str] = typer.Option(None, help="Write a contact sheet PNG here (default: none)."),
+    count: int = typer.Option(24, help="Random rows on the contact sheet."),
+    seed: int = typer.Option(0, help="Seeds which rows the sheet shows."),
+):
+    """Show what an images table holds.
+
+    Rows, fragments, bytes, columns, the job record and drop stats; --sheet: a contact sheet of random rows
+    with their captions and aesthetic scores."""
+    from lumos.curation.inspect_table import inspect_table
+
+    def job():
+        options.positive("--count", count)
+        inspect_table(table, sheet, count, seed, say=print)
+
+    try:
+        job()
+    except UserError as err:
+        err_console.print(f"[red]error:[/red] {err}", highlight=False, soft_wrap=True)
+        raise typer.Exit(2) from None
+
+
 @app.command("mix")
 def mix(
     input: list[str] = typer.Option(..., "--input", help="An images table; repeat for each source. Earlier "
