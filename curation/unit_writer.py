@@ -34,7 +34,7 @@ import pyarrow.compute as pc
 from lumos.floor.errors import UserError
 from lumos.floor.lance_io import clean_versions, table_exists
 from lumos.schemas.dumps import ERROR
-from lumos.schemas.images import DROP_REASON, KEY, META_PROGRESS
+from lumos.schemas.images import DROP_REASON, KEY, META_PROGRESS, META_TABLE_ID, new_table_id, table_id_of
 
 COMMIT_EVERY_S = 60.0  # a commit costs time in proportion to the fragments already in the table (DESIGN.md 4)
 
@@ -160,8 +160,10 @@ class UnitTable:
                     f"{self.uri} was begun on other inputs ({previous.units} work units then, {fresh.units} now): "
                     f"the inputs changed since the interrupted run; delete it or choose another --output")
             clean_versions(self.uri, unverified=True)  # files of the units a killed run never committed
-            return previous
-        schema = self.schema.with_metadata({**(self.schema.metadata or {}), META_PROGRESS: fresh.to_json()})
+            return previous  # the table's metadata, its id included, is kept by every commit (`commit`)
+        # a new table: its id is the schema's (images_schema makes one), or a new one
+        schema = self.schema.with_metadata({**(self.schema.metadata or {}), META_PROGRESS.encode(): fresh.to_json(),
+                                            META_TABLE_ID.encode(): table_id_of(self.schema) or new_table_id()})
         lance.write_dataset(schema.empty_table(), self.uri, schema=schema, mode="overwrite")
         return fresh
 
@@ -191,6 +193,7 @@ class UnitTable:
                 next_id += 1
                 fragments.append(FragmentMetadata.from_json(json.dumps(raw)))
             self.progress.mark(result)
+        # the stored metadata, not `self.schema`'s (built anew by this run): the table keeps its id
         schema = ds.schema.with_metadata({**ds.schema.metadata, META_PROGRESS.encode(): self.progress.to_json()})
         lance.LanceDataset.commit(self.uri, lance.LanceOperation.Merge(fragments, LanceSchema.from_pyarrow(schema)),
                                   read_version=ds.version)

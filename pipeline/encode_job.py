@@ -61,12 +61,12 @@ def run_encode(input_uri: str, output_uri: str, encoders: list[EncoderConfig], d
                 continue
             seen.add(config.name)
             encoder = config.build()
-            provenance = {**encoder.provenance(), "images": _images_path(input_uri)}
+            provenance = {**encoder.provenance(), "images": _images_provenance(images, input_uri)}
             existing = _existing_provenance(output_uri, config.name)
             if existing is not None and not _same(existing, provenance):
-                differs = sorted(k for k in set(existing) | set(provenance)
-                                 if k not in UNCOMPARED and existing.get(k) != provenance.get(k))
-                said = "; ".join(f"{k}: {existing.get(k)!r} then, {provenance.get(k)!r} now" for k in differs)
+                then, now = _compared(existing), _compared(provenance)
+                differs = sorted(k for k in set(then) | set(now) if then.get(k) != now.get(k))
+                said = "; ".join(f"{k}: {then.get(k)!r} then, {now.get(k)!r} now" for k in differs)
                 raise UserError(f"{output_uri} already holds {config.name} features made differently ({said}); "
                                 "write to another --output")
             encoder.check()  # missing weights fail here, in one line, before any work starts
@@ -140,6 +140,23 @@ def _json(obj) -> str:
 
 def _images_path(uri: str) -> str:
     return uri if "://" in uri else os.path.abspath(uri)
+
+
+def _images_provenance(images, uri: str) -> dict:
+    """The images table the features come from: its id (schemas/images.py META_TABLE_ID), which a copy or a
+    move of the table keeps, with its path and version at this run as a record only (not compared: a moved
+    table is the same table, and one that grew is followed). A table made before tables had an id is named
+    by its path."""
+    table_id = cols.table_id_of(images.schema)
+    return {**({"table_id": table_id} if table_id else {}), "path": _images_path(uri), "version": images.version}
+
+
+def _images_identity(images) -> dict:
+    """What names the images table in a comparison: its id, else its path (a table without an id, or features
+    made when provenance named the table by its path alone)."""
+    if isinstance(images, dict):
+        return {"table_id": images["table_id"]} if images.get("table_id") else {"path": images.get("path")}
+    return {"path": images}
 
 
 def _done_column(encoder) -> str:
@@ -245,8 +262,16 @@ def _repeated_ids(counts: pa.Table) -> pa.Table:
 UNCOMPARED = ("versions",)  # a library upgrade alone does not make features different
 
 
+def _compared(provenance: dict) -> dict:
+    """The part of a provenance record that must match: all but UNCOMPARED, the images table by its identity."""
+    out = {k: v for k, v in provenance.items() if k not in UNCOMPARED}
+    if "images" in out:
+        out["images"] = _images_identity(out["images"])
+    return out
+
+
 def _same(a: dict, b: dict) -> bool:
-    return {k: v for k, v in a.items() if k not in UNCOMPARED} == {k: v for k, v in b.items() if k not in UNCOMPARED}
+    return _compared(a) == _compared(b)
 
 
 def stats_file(output_uri: str) -> str:

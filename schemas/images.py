@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import uuid
 from importlib import metadata as importlib_metadata
 
 import pyarrow as pa
@@ -74,6 +75,10 @@ KIND_IMAGES = "images"
 META_UNIQUE_IDS = "lumos.unique_ids"
 # A curation job's progress, committed with its fragments (curation/unit_writer.py): units done, rows counted.
 META_PROGRESS = "lumos.progress"
+# The table's identity: a random id (uuid4 hex) written once, when the table is created, and kept by every
+# later commit to it (a resumed or extended job, `score`, `compact`). A copy or a move of the folder keeps it,
+# so the features' provenance names the table by it, not by its path; a table made anew gets a new one.
+META_TABLE_ID = "lumos.table_id"
 
 
 class SchemaError(ValueError):
@@ -99,13 +104,25 @@ def library_versions(*names: str) -> dict[str, str]:
     return versions
 
 
-def images_schema(job: dict, unique_ids: bool = False) -> pa.Schema:
-    """The images schema carrying `job` (source, thresholds, library versions) as table metadata, and the
-    unique-ids marker when the writer guarantees one row per id."""
-    meta = {META_KIND: KIND_IMAGES, META_JOB: json.dumps(job, sort_keys=True)}
+def new_table_id() -> str:
+    return uuid.uuid4().hex
+
+
+def images_schema(job: dict, unique_ids: bool = False, table_id: str | None = None) -> pa.Schema:
+    """The images schema carrying `job` (source, thresholds, library versions) as table metadata, the
+    unique-ids marker when the writer guarantees one row per id, and a table id (a new one unless given): the
+    identity of a table created with this schema. A writer that re-opens a table keeps the table's own."""
+    meta = {META_KIND: KIND_IMAGES, META_JOB: json.dumps(job, sort_keys=True),
+            META_TABLE_ID: table_id or new_table_id()}
     if unique_ids:
         meta[META_UNIQUE_IDS] = "true"
     return IMAGES_SCHEMA.with_metadata(meta)
+
+
+def table_id_of(schema: pa.Schema) -> str | None:
+    """The table's identity (META_TABLE_ID); None for a table made before tables had one."""
+    raw = (schema.metadata or {}).get(META_TABLE_ID.encode())
+    return raw.decode() if raw else None
 
 
 def has_unique_ids(schema: pa.Schema) -> bool:
