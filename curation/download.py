@@ -10,9 +10,11 @@ pixels, the pixel cap before decoding), and every request goes through the URL g
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import importlib
 import os
+import sys
 import threading
 from dataclasses import dataclass
 
@@ -48,10 +50,32 @@ def download(kept_dir: str, output_dir: str, config: DownloadConfig, distributor
         # pickled by reference: each worker process imports our decode (and the guard) with it
         img2dataset_main.Downloader = downloader_class(config)
         try:
-            _img2dataset(kept_dir, output_dir, config, distributor)
+            with _quiet(os.path.join(os.path.dirname(os.path.abspath(output_dir)), "img2dataset.log")):
+                _img2dataset(kept_dir, output_dir, config, distributor)
         finally:
             img2dataset_main.Downloader = original
     return finished_shards(output_dir)
+
+
+@contextlib.contextmanager
+def _quiet(log_path: str):
+    """img2dataset's own console lines (sharding notes, a bandwidth hint, per-shard stats, its bars) go to
+    `log_path`, not the console, unless LUMOS_VERBOSE is set: our download+ingest bar says the progress.
+    Python's stdout and stderr are redirected, and file descriptor 1 too, for the processes img2dataset
+    starts (its stats logger prints from one); fd 2 stays, for the bar and for errors."""
+    if os.environ.get("LUMOS_VERBOSE"):
+        yield
+        return
+    sys.stdout.flush()
+    saved = os.dup(1)
+    with open(log_path, "a") as log, contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
+        os.dup2(log.fileno(), 1)
+        try:
+            yield
+        finally:
+            log.flush()
+            os.dup2(saved, 1)
+            os.close(saved)
 
 
 def downloader_class(config: DownloadConfig) -> type:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sys
 import threading
 import time
 from collections import Counter
@@ -176,9 +177,12 @@ def _download_and_ingest(paths: WebJobDir, expected_rows: int, config: DownloadC
     task = ray.remote(ingest_shard)
     files: dict[int, str] = {}  # shard → its file, for the shards in flight
 
+    console = sys.stderr  # taken now: the download redirects img2dataset's console output to a log
+
     def ingest_all() -> None:
         try:
-            with tqdm(total=len(pending), unit="shard", desc="download+ingest", dynamic_ncols=True) as bar:
+            with tqdm(total=len(pending), unit="shard", desc="download+ingest", dynamic_ncols=True,
+                      file=console) as bar:
                 run_unit_tasks(table, lambda i: task.remote(i, files.pop(i), ingest, paths.images, schema),
                                _finished_shards(downloaded, paths.downloads, set(pending), files),
                                max_in_flight=2 * cluster_cpus(), on_done=lambda _: bar.update(1))

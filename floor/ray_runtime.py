@@ -32,14 +32,31 @@ def init_ray(num_cpus: int | None = None) -> None:
 
 
 def quiet_libraries() -> None:
-    """Off: two lines every start printed that tell a user nothing they can act on. Ray's note that token
-    authentication is on (it is, as it should be: the embedded cluster is this machine's only), and lance's
-    fork-safety warning, printed by each child a process forks after importing lance (ours fork only to
-    exec, or use spawn: DataLoader workers, Ray's workers)."""
+    """Off: lines every start printed that tell a user nothing they can act on. Ray's note that token
+    authentication is on (it is, as it should be), lance's fork-safety warning (printed by each child a
+    process forks after importing lance; ours fork only to exec, or spawn), and Ray Data's INFO lines on the
+    console (LUMOS_VERBOSE=1 keeps them)."""
     import warnings
 
     logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
     warnings.filterwarnings("ignore", message="lance is not fork-safe", category=UserWarning)
+    if os.environ.get("LUMOS_VERBOSE"):
+        return
+    import ray.data  # noqa: F401 - configures its logger, which this then adjusts
+
+    # Ray Data logs every dataset's plan and, off a terminal, its progress at INFO on the console (~15 lines a
+    # dataset); its log file in the session folder (/tmp/ray/session_*/logs/ray-data) keeps all of it.
+    for handler in logging.getLogger("ray.data").handlers:
+        if isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler):  # the console
+            handler.setLevel(logging.WARNING)
+            handler.addFilter(_NotOurChoice())
+
+
+class _NotOurChoice(logging.Filter):
+    """Ray Data's notes on what we chose to do (our own progress bars replace its bars)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith(("Progress bars disabled", "Progress bars for operators disabled"))
 
 
 def cluster_cpus() -> int:
