@@ -2,8 +2,9 @@
 without them, with distributed Ray workers (lance-ray's `compact_files`), then clean the versions that made
 it.
 
-Curation tables can end up with many small fragments (the mix writes a fragment per 256 rows, ingest one
-per Ray block): each costs manifest size and per-fragment work in every later job. Compact an images table
+Curation tables can end up with small fragments (the mix writes one per input fragment, with only its chosen
+rows; a web ingest one per download shard, the last one short): each costs manifest size and per-fragment
+work in every later job. Compact an images table
 before `lumos-encode`: a features table follows its images table fragment for fragment, so after the images
 table is compacted, encoders can no longer be added to features tables made from it (lumos-encode refuses).
 """
