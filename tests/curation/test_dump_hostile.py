@@ -68,9 +68,9 @@ def test_sam_repeated_keys_truncated_tar_and_broken_sidecars(tmp_path, ray_sessi
         for n in (2, 3):
             add(tar, f"sa_{n}.jpg", good[n])
             add(tar, f"sa_{n}.json", sidecar(640, 512))
-        for n, sidecar in sidecars.items():
+        for n, broken in sidecars.items():
             add(tar, f"sa_{n}.jpg", jpeg(640, 512, n))
-            add(tar, f"sa_{n}.json", sidecar)
+            add(tar, f"sa_{n}.json", broken)
     shutil.copy(src / "sa_000000.tar", src / "mirror" / "sa_000000.tar")  # a copied tar: sorts first, wins
     with tarfile.open(src / "sa_000001.tar", "w") as tar:
         for name, data in [("sa_3.jpg", conflicting), ("sa_3.json", sidecar(640, 512)), ("sa_9.jpg", good[9]),
