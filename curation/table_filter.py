@@ -28,7 +28,6 @@ Stats go beside the table, as `lumos-encode` writes its own: `images.lance` → 
 
 from __future__ import annotations
 
-import os
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
@@ -121,7 +120,7 @@ def filter_table(uri: str, config: TableFilterConfig, say=print) -> dict:
     _open(uri)
     folder = lock_folder(uri)
     with output_lock(folder, "lumos-curate filter"):
-        if folder != uri and not os.path.exists(JobDir(folder).stats):
+        if folder != uri and not fs.exists(JobDir(folder).stats):
             raise UserError(f"{uri} belongs to the lumos-curate job in {folder}, which has not finished; re-run that "
                             "job to the end first")
         return _filter_locked(uri, config, started, say)
