@@ -2,11 +2,11 @@
 
     DIR/transformer/                 PixArtTransformer2DModel (the EMA weights)
     DIR/scheduler/                   DPM-Solver++ (or DDIM) on the training betas
-    DIR/vae/                         the run's VAE (AutoencoderKL)
+    DIR/vae/                         the run's VAE (AutoencoderKL; none for `pixels` latents)
     DIR/text_encoder/, tokenizer/    T2I: the run's T5 and its tokenizer (--no-text-encoder: left out)
     DIR/model_index.json             T2I: PixArtAlphaPipeline.from_pretrained(DIR) loads it, offline
     DIR/negative.safetensors         the learned null condition, as `negative_prompt_embeds` and
-                                     `negative_prompt_attention_mask` (T2I: 120 tokens; I2I: one)
+                                     `negative_prompt_attention_mask` (T2I: 120 tokens; I2I: the run's token count)
     DIR/lumos.json                   where it came from: checkpoint, provenance, weight ids, usage (moved
                                      in last: a folder with it is whole)
 
@@ -86,7 +86,8 @@ def _write(trained, staging: str, scheduler: str, text_encoder: bool) -> None:
     t2i = trained.mode == "t2i"
     os.makedirs(staging)
     transformer = trained.model.transformer
-    if t2i:
+    has_vae = hasattr(vae.model, "save_pretrained")  # `pixels` latents decode as they are: no VAE to ship
+    if t2i and has_vae:
         text = rebuild(provenance["condition"], "condition") if text_encoder else None
         pipe = diffusers.PixArtAlphaPipeline(tokenizer=text.tokenizer() if text else None,
                                              text_encoder=text.model if text else None,
@@ -96,12 +97,19 @@ def _write(trained, staging: str, scheduler: str, text_encoder: bool) -> None:
     else:
         transformer.save_pretrained(os.path.join(staging, "transformer"))
         sched.save_pretrained(os.path.join(staging, "scheduler"))
-        vae.model.save_pretrained(os.path.join(staging, "vae"))
-        embeds, mask = negative_condition(trained.model, 1)
+        if has_vae:
+            vae.model.save_pretrained(os.path.join(staging, "vae"))
+        embeds, mask = negative_condition(trained.model, MAX_SEQUENCE_LENGTH if t2i else condition_tokens(trained))
     save_file({"negative_prompt_embeds": embeds.contiguous(), "negative_prompt_attention_mask": mask.contiguous()},
               os.path.join(staging, NEGATIVE))
     with open(os.path.join(staging, DESCRIPTION), "w") as f:
         json.dump(describe(trained, scheduler, t2i, text_encoder), f, indent=2, sort_keys=True)
+
+
+def condition_tokens(trained) -> int:
+    """How many tokens an I2I run's condition has: 1 (CLS) or its token set's length."""
+    shape = trained.config["provenance"]["condition"]["shapes"][trained.config["columns"]["cond"]]
+    return shape[0] if len(shape) == 2 else 1
 
 
 def describe(trained, scheduler: str, t2i: bool, text_encoder: bool) -> dict:
@@ -113,7 +121,8 @@ def describe(trained, scheduler: str, t2i: bool, text_encoder: bool) -> dict:
              "negative_prompt_embeds=neg, "
              f"negative_prompt_attention_mask=neg_mask, height={latent[-1] * 8}, width={latent[-1] * 8}, "
              "use_resolution_binning=False)") if t2i else (
-             "transformer(x, encoder_hidden_states=the L2-normalised CLS (N, 1, D), timestep=t, added_cond_kwargs="
+             f"transformer(x, encoder_hidden_states=the L2-normalised condition tokens (N, {condition_tokens(trained)}, D): "
+             f"{trained.config['train'].get('condition_tokens', 'cls')}, timestep=t, added_cond_kwargs="
              "{'resolution': None, 'aspect_ratio': None}); unconditional: negative_prompt_embeds")
     return {"checkpoint": trained.path, "mode": trained.mode, "model": trained.config["train"]["model"],
             "scheduler": scheduler, "latent_shape": list(latent), "scaling_factor": trained.scaling,

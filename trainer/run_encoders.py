@@ -71,7 +71,7 @@ class Latents:
         """(N, 4, h, w) latents as the DiT makes them (scaled) → (N, R, R, 3) uint8."""
         out = []
         for part in latents.split(batch):
-            x = self.vae.model.decode(part.to(self.device, torch.float32) / self.scaling).sample
+            x = self.vae.decode(part.to(self.device, torch.float32) / self.scaling)
             out.append(to_uint8(x))
         return np.concatenate(out)
 
@@ -83,18 +83,22 @@ def to_uint8(x: torch.Tensor) -> np.ndarray:
 
 
 class ImageCondition:
-    """I2I: images → the L2-normalised CLS vector as one token (N, 1, D), as the trainer feeds it."""
+    """I2I: images → the run's condition tokens (N, T, D), each L2-normalised, as the trainer feeds them: the
+    CLS vector as one token, or the token set the run was trained on (`column`, lumos-train
+    --condition-tokens)."""
 
-    def __init__(self, record: dict, device: torch.device | str = "cpu"):
+    def __init__(self, record: dict, device: torch.device | str = "cpu", column: str | None = None):
         from lumos.schemas import features
 
         self.encoder = rebuild(record, "condition", device)
-        self.column = features.cls_column(self.encoder.name)
+        self.column = column or features.cls_column(self.encoder.name)
+        self.shape = tuple(record["shapes"][self.column])  # (D,) or (T, D)
         self.device = torch.device(device)
 
     def __call__(self, images: list[Image.Image]) -> torch.Tensor:
-        cls = torch.from_numpy(self.encoder.encode_images(images)[self.column])  # fp16, as stored
-        return F.normalize(cls.float(), dim=-1)[:, None].to(self.device)
+        values = torch.from_numpy(self.encoder.encode_images(images)[self.column])  # fp16, as stored
+        tokens = values.float().reshape(len(images), -1, self.shape[-1])
+        return F.normalize(tokens, dim=-1).to(self.device)
 
 
 class TextCondition:

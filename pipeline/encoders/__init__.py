@@ -7,10 +7,11 @@ from dataclasses import dataclass
 from lumos.floor.errors import UserError
 from lumos.pipeline.encoders.base import PRECISIONS, Encoder
 from lumos.pipeline.encoders.clip import ClipEncoder
+from lumos.pipeline.encoders.pixels import PixelEncoder
 from lumos.pipeline.encoders.t5 import T5_XXL, T5Encoder
 from lumos.pipeline.encoders.vae import VaeEncoder
-from lumos.pipeline.encoders.vision import TOKEN_SETS
 from lumos.pipeline.encoders.vit import MocoV3Encoder, VitEncoder
+from lumos.schemas.features import TOKEN_SETS
 
 
 @dataclass(frozen=True)
@@ -19,7 +20,7 @@ class EncoderConfig:
     architecture without its weights: tests of the real code path only."""
 
     name: str
-    resolution: int = 256  # VAE input side
+    resolution: int = 256  # VAE input side (pixels: the stored side)
     weights: str | None = None  # a local path instead of the hub id
     random_weights: bool = False
     precision: str = "fp32"  # compute dtype: fp32 | bf16
@@ -52,6 +53,8 @@ def _t5(hub_id):
 ENCODERS = {
     "sd-vae": _vae("stabilityai/sd-vae-ft-mse"),  # as official Lumos
     "sd-vae-ema": _vae("stabilityai/sd-vae-ft-ema"),
+    # the image itself at --resolution, in [-1, 1]: a latent space a CPU learns in minutes (the demo)
+    "pixels": lambda name, o: PixelEncoder(name, precision=o.precision, resolution=o.resolution),
     "dino-b": _vit(VitEncoder, timm_name="vit_base_patch16_224.dino"),  # the paper's condition encoder
     "dinov2-b": _vit(VitEncoder, timm_name="vit_base_patch14_dinov2.lvd142m", patch_size=14,
                      timm_kwargs={"img_size": 224}),

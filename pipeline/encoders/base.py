@@ -220,6 +220,12 @@ def center_square(image: Image.Image) -> Image.Image:
     return image.crop((left, top, left + side, top + side))
 
 
+def square_pixels(image: Image.Image, side: int) -> np.ndarray:
+    """The center square resized to `side` (bicubic), in [-1, 1]: float32 (3, side, side)."""
+    square = center_square(image).resize((side, side), Image.Resampling.BICUBIC)
+    return (np.asarray(square, np.float32) / 127.5 - 1.0).transpose(2, 0, 1)
+
+
 def resize_crop_normalise(image: Image.Image, resize: int, crop: int, mean, std) -> np.ndarray:
     """The usual eval transform: short side to `resize` (bicubic), center `crop`, (x - mean) / std → (3, S, S)."""
     w, h = image.size

@@ -10,7 +10,7 @@ import pyarrow as pa
 from PIL import Image
 
 from lumos.floor.model_loading import quiet_loading
-from lumos.pipeline.encoders.base import ImageEncoder, center_square, missing_weights
+from lumos.pipeline.encoders.base import ImageEncoder, missing_weights, square_pixels
 from lumos.schemas import features
 
 SCALING_FACTOR = 0.18215
@@ -39,9 +39,7 @@ class VaeEncoder(ImageEncoder):
                 features.tensor_field(features.std_column(self.name), shape)]
 
     def preprocess(self, image: Image.Image) -> np.ndarray:
-        square = center_square(image).resize((self.resolution, self.resolution), Image.Resampling.BICUBIC)
-        x = np.asarray(square, np.float32) / 127.5 - 1.0  # [-1, 1], as the SD VAE was trained
-        return x.transpose(2, 0, 1)  # (3, R, R)
+        return square_pixels(image, self.resolution)  # [-1, 1], as the SD VAE was trained
 
     def build(self):
         import torch
@@ -63,6 +61,10 @@ class VaeEncoder(ImageEncoder):
         dist = self.model.encode(pixels).latent_dist  # fp32 by default, bf16 on request; never fp16 (DESIGN §4)
         return {features.mean_column(self.name): dist.mean.half().flatten(1).cpu().numpy(),
                 features.std_column(self.name): dist.std.half().flatten(1).cpu().numpy()}
+
+    def decode(self, latents):
+        """Unscaled latents (N, 4, R/8, R/8) → images (N, 3, R, R) in about [-1, 1]."""
+        return self.model.decode(latents).sample
 
     def describe(self) -> dict:
         return {"weights": self.hub_id or "tiny-vae (seeded random test model)", "resolution": self.resolution,
