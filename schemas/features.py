@@ -31,6 +31,9 @@ ROW = "encoder_row"  # in flight only: the row's offset in that fragment (puts a
 # in flight only: what a write task tells the driver about a part of a fragment it wrote
 PART_ROWS, PART_PATH = "part_rows", "part_path"
 FIELD_SHAPE = "lumos.shape"
+# The token sets an image encoder stores besides its CLS vector (lumos-encode --tokens), and that an I2I run
+# is conditioned on (lumos-train i2i --condition-tokens): see pipeline/encoders/vision.py.
+TOKEN_SETS = ("cls", "patch", "all", "top119")
 # Lance file format of the features table: 2.1 takes random rows ~1.3-1.6x faster than 2.0 (the trainer's
 # shuffled reads), measured with bench/train_loader.py's rows on pylance 14.
 STORAGE_VERSION = "2.1"

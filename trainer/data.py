@@ -297,8 +297,8 @@ class FeatureStream(IterableDataset):
                  "mean": read_fixed(table, self.columns.mean, ds), "std": read_fixed(table, self.columns.std, ds)}
         if self.with_ids:
             batch["ids"] = table[ID].to_pylist()
-        if self.columns.length is None:  # one condition vector a row → one token
-            batch["cond"] = read_fixed(table, self.columns.cond, ds)[:, None]  # (N, 1, C)
+        if self.columns.length is None:  # image features: a CLS vector (one token) or a fixed token set
+            batch["cond"] = as_tokens(read_fixed(table, self.columns.cond, ds))  # (N, T, C)
         else:
             batch["cond"], batch["mask"] = read_padded(table, self.columns.cond, self.columns.length, ds)
         return batch
@@ -310,6 +310,11 @@ def read_fixed(table, name: str, ds) -> torch.Tensor:
     with warnings.catch_warnings():  # read-only Arrow memory, wrapped without a copy: the trainer only reads it
         warnings.simplefilter("ignore", UserWarning)
         return torch.from_numpy(values.reshape(table.num_rows, *shape))  # fp16
+
+
+def as_tokens(cond: torch.Tensor) -> torch.Tensor:
+    """Image features (N, C) of a CLS vector or (N, T, C) of a token set → (N, T, C) tokens (T = 1 for CLS)."""
+    return cond[:, None] if cond.dim() == 2 else cond
 
 
 def read_padded(table, name: str, length: str, ds) -> tuple[torch.Tensor, torch.Tensor]:

@@ -7,7 +7,8 @@ step input (`prepare`), as a DataLoader.
                             batch_size=64, rank=0, world=1, seed=0)
     for batch in loader:              # forever: count steps yourself (loader.dataset.steps_per_epoch)
         x0 = batch["x0"]              # (N, 4, 32, 32): (mean + std·ε) · the VAE's scaling factor
-        cond = batch["cond"]          # i2i: (N, 1, 768) L2-normalised CLS; t2i: (N, L, 4096) T5 tokens
+        cond = batch["cond"]          # i2i: (N, 1, 768) L2-normalised CLS (or (N, T, 768) with
+                                      # condition_tokens="all" etc.); t2i: (N, L, 4096) T5 tokens
         mask = batch.get("mask")      # t2i: (N, L), 1 on real tokens
         weight = batch["weight"]      # (N,): 0 on the filler row an epoch's last step may carry
 
@@ -66,7 +67,7 @@ class ReadyBatches(IterableDataset):
 
 
 def feature_loader(data: str, mode: str = "i2i", latents: str = "sd-vae", condition: str = "dino-b",
-                   text: str = "t5-xxl", caption: str = "short", batch_size: int = 256, rank: int = 0,
+                   condition_tokens: str = "cls", text: str = "t5-xxl", caption: str = "short", batch_size: int = 256, rank: int = 0,
                    world: int = 1, seed: int = 0, epoch: int = 0, step: int | None = None, workers: int = 0,
                    cache: str | None = None) -> DataLoader:
     """A DataLoader of ready-to-train batches of `data` (a features table made by lumos-encode), starting at
@@ -77,7 +78,8 @@ def feature_loader(data: str, mode: str = "i2i", latents: str = "sd-vae", condit
     from lumos.schemas import features
     from lumos.trainer.train import SCALING_FACTOR_KEY, TrainConfig, columns_and_provenance
 
-    config = TrainConfig(mode=mode, data=data, output="", latents=latents, condition=condition, text=text,
+    config = TrainConfig(mode=mode, data=data, output="", latents=latents, condition=condition,
+                         condition_tokens=condition_tokens, text=text,
                          caption=caption, batch_size=batch_size, seed=seed)
     meta = features.str_metadata(lance.dataset(data).schema.metadata)
     columns, provenance = columns_and_provenance(config, meta)

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 
 from lumos.floor.errors import UserError
 from lumos.schemas.images import ID
-from lumos.trainer.data import FeatureColumns, read_fixed, read_padded
+from lumos.trainer.data import FeatureColumns, as_tokens, read_fixed, read_padded
 
 SAMPLES = 4  # per held-back row
 STEPS, CFG, SCHEDULER = 20, 4.5, "dpm"
@@ -42,7 +42,7 @@ class HeldBackGrid:
         table = ds.take(positions, columns=[ID, *columns.names()])
         self.mean = read_fixed(table, columns.mean, ds).float().to(device)  # (K, 4, h, w)
         if columns.length is None:
-            self.cond = F.normalize(read_fixed(table, columns.cond, ds).float(), dim=-1)[:, None].to(device)
+            self.cond = F.normalize(as_tokens(read_fixed(table, columns.cond, ds)).float(), dim=-1).to(device)
             self.mask = None
         else:
             cond, mask = read_padded(table, columns.cond, columns.length, ds)
@@ -54,7 +54,7 @@ class HeldBackGrid:
             json.dump({"mode": mode, "ids": table[ID].to_pylist()}, f, indent=1)
 
     def write(self, ema, step: int) -> str:
-        from lumos.trainer.grid import save_grid
+        from lumos.trainer.grid import sample_labels, save_grid
         from lumos.trainer.run_encoders import Latents
         from lumos.trainer.sampler import generate
 
@@ -65,4 +65,5 @@ class HeldBackGrid:
                            steps=STEPS, cfg=CFG, scheduler=SCHEDULER, seed=self.seed, precision=self.precision)
         samples = self.latents.decode(samples)
         rows = [[self.shown[i], *samples[i * SAMPLES:(i + 1) * SAMPLES]] for i in range(len(self.shown))]
-        return save_grid(rows, os.path.join(self.folder, f"step-{step:07d}.png"))
+        return save_grid(rows, os.path.join(self.folder, f"step-{step:07d}.png"),
+                         header=["recon", *sample_labels(SAMPLES, self.seed)])

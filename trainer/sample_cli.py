@@ -91,7 +91,10 @@ class Session:
                             f"{config['train']['mode']}")
         provenance = config["provenance"]  # the encoders first: a missing one fails before the DiT loads
         self.latents = Latents(provenance["latents"], float(config["scaling_factor"]), self.device)
-        self.condition = (ImageCondition if mode != "t2i" else TextCondition)(provenance["condition"], self.device)
+        if mode == "t2i":
+            self.condition = TextCondition(provenance["condition"], self.device)
+        else:
+            self.condition = ImageCondition(provenance["condition"], self.device, config["columns"]["cond"])
         self.trained = load_trained(path, self.device)
         err_console.print(f"{path}: {config['train']['model']} ({mode}), {self.latents.resolution}px, on "
                           f"{self.device}", highlight=False)
@@ -138,7 +141,7 @@ def i2i(checkpoint: str = CHECKPOINT,
     """Variations of input images.
 
     Each row is an input (as the VAE sees it) then --num samples conditioned on its DINO features."""
-    from lumos.trainer.grid import save_grid
+    from lumos.trainer.grid import sample_labels, save_grid
 
     def body():
         check_options(num, steps, cfg, scheduler, device, precision)
@@ -146,7 +149,7 @@ def i2i(checkpoint: str = CHECKPOINT,
         inputs = open_images(image)
         samples = s.images(s.condition(inputs), None, num=num, steps=steps, cfg=cfg, scheduler=scheduler, seed=seed)
         rows = [[s.latents.show(im), *samples[i * num:(i + 1) * num]] for i, im in enumerate(inputs)]
-        return save_grid(rows, output)
+        return save_grid(rows, output, header=["input", *sample_labels(num, seed)])
 
     run(body)
 
@@ -176,7 +179,8 @@ def interpolate(checkpoint: str = CHECKPOINT,
         noise = torch.randn((1, *s.trained.latent_shape), generator=torch.Generator("cpu").manual_seed(seed))
         samples = s.images(cond, None, num=1, steps=steps, cfg=cfg, scheduler=scheduler,
                            noise=noise.expand(num, *noise.shape[1:]))
-        return save_grid([[s.latents.show(inputs[0]), *samples, s.latents.show(inputs[1])]], output)
+        header = ["A", *(f"t={i / (num - 1):.2f}" for i in range(num)), "B"]
+        return save_grid([[s.latents.show(inputs[0]), *samples, s.latents.show(inputs[1])]], output, header=header)
 
     run(body)
 
@@ -189,14 +193,15 @@ def t2i(checkpoint: str = CHECKPOINT,
     """Images from text prompts.
 
     Each row: --num samples for one prompt, encoded by the run's T5."""
-    from lumos.trainer.grid import save_grid
+    from lumos.trainer.grid import sample_labels, save_grid
 
     def body():
         check_options(num, steps, cfg, scheduler, device, precision)
         s = Session(checkpoint, "t2i", device, precision)
         cond, mask = s.condition(list(prompt))
         samples = s.images(cond, mask, num=num, steps=steps, cfg=cfg, scheduler=scheduler, seed=seed)
-        return save_grid([list(samples[i * num:(i + 1) * num]) for i in range(len(prompt))], output)
+        return save_grid([list(samples[i * num:(i + 1) * num]) for i in range(len(prompt))], output,
+                         header=sample_labels(num, seed), titles=list(prompt))
 
     run(body)
 

@@ -33,9 +33,10 @@ from lumos.trainer.models import DIT_MODELS, LumosDiT, autocast
 SCALING_FACTOR_KEY = "scaling_factor"
 PROVENANCE_IGNORED = ("versions", "images")  # a library upgrade or a moved images table is the same features
 # What a resumed run must share with its checkpoint (the data order and the model depend on them).
-RUN_DEFINING = {"i2i": ("mode", "model", "latents", "condition", "batch_size", "seed"),
+RUN_DEFINING = {"i2i": ("mode", "model", "latents", "condition", "condition_tokens", "batch_size", "seed"),
                 "t2i": ("mode", "model", "latents", "text", "caption", "batch_size", "seed")}
 PRECISIONS = ("fp16", "bf16", "fp32")
+DEFAULTS = {"condition_tokens": "cls"}  # what a run made before a setting existed was trained with
 
 
 @dataclass
@@ -45,7 +46,8 @@ class TrainConfig:
     output: str
     model: str = "DiT-XL/2"
     latents: str = "sd-vae"
-    condition: str = "dino-b"  # i2i: the image encoder whose CLS conditions the model
+    condition: str = "dino-b"  # i2i: the image encoder whose features condition the model
+    condition_tokens: str = "cls"  # i2i: cls | patch | all | top119 (stored by lumos-encode --tokens)
     text: str = "t5-xxl"  # t2i: the text encoder
     caption: str = "short"  # t2i: short | long (falls back to nothing: rows without one are skipped)
     init: str | None = None  # t2i: the I2I run or checkpoint to start from
@@ -78,6 +80,9 @@ class TrainConfig:
             (self.precision in (*PRECISIONS, "auto"),
              f"--precision {self.precision}: expected fp16, bf16, fp32 or auto"),
             (self.caption in ("short", "long"), f"--caption {self.caption}: expected short or long"),
+            (self.condition_tokens in features.TOKEN_SETS,
+             f"--condition-tokens {self.condition_tokens}: expected one of {', '.join(features.TOKEN_SETS)}"),
+            (self.mode == "i2i" or self.condition_tokens == "cls", "--condition-tokens is for i2i"),
             (not (self.mode == "i2i" and self.init), "--init is for t2i (fine-tuning an I2I run)"),
             (self.steps >= 1, f"--steps {self.steps}: must be >= 1"),
             (self.batch_size >= 1, f"--batch-size {self.batch_size}: must be >= 1"),
@@ -168,7 +173,7 @@ class Run:
         if self.resume_from:
             saved = ckpt.read_config(self.resume_from)
             _same_provenance(saved["provenance"], self.provenance, self.resume_from)
-            changed = [k for k in RUN_DEFINING[c.mode] if saved["train"][k] != getattr(c, k)]
+            changed = [k for k in RUN_DEFINING[c.mode] if saved["train"].get(k, DEFAULTS.get(k)) != getattr(c, k)]
             if _held_back(saved["train"]) != _held_back(asdict(c)):
                 changed.append(f"held-back rows ({_held_back(saved['train'])} then, {_held_back(asdict(c))} now)")
             if saved["world_size"] != self.world:
@@ -424,7 +429,7 @@ def columns_and_provenance(c: TrainConfig, meta: dict) -> tuple[FeatureColumns, 
                             f"run lumos-encode --encoder {encoder} first")
         provenance[role] = {k: v for k, v in record.items() if k not in PROVENANCE_IGNORED}
     if c.mode == "i2i":
-        cond, length = features.cls_column(cond_encoder), None
+        cond, length = _image_condition(c, provenance["condition"], meta), None
     elif c.caption == "short":
         cond, length = features.tokens_column(cond_encoder), features.len_column(cond_encoder)
     else:
@@ -432,6 +437,18 @@ def columns_and_provenance(c: TrainConfig, meta: dict) -> tuple[FeatureColumns, 
     return FeatureColumns(features.mean_column(c.latents), features.std_column(c.latents), cond, length,
                           latents_ok=features.ok_column(c.latents),
                           cond_ok=features.ok_column(cond_encoder) if length is None else None), provenance
+
+
+def _image_condition(c: TrainConfig, record: dict, meta: dict) -> str:
+    """The column of the I2I condition: the CLS vector, or the token set lumos-encode --tokens stored."""
+    if c.condition_tokens == "cls":
+        return features.cls_column(c.condition)
+    stored = record.get("tokens", "cls")
+    if stored != c.condition_tokens:
+        raise UserError(f"--condition-tokens {c.condition_tokens}: the {c.condition} features of --data {c.data} "
+                        f"hold the {stored} set; run lumos-encode --encoder {c.condition} --tokens "
+                        f"{c.condition_tokens} into a features table first")
+    return features.tokens_column(c.condition)
 
 
 def _same_provenance(saved: dict, now: dict, where: str) -> None:

@@ -20,7 +20,6 @@ from PIL import Image
 from lumos.pipeline.encoders.base import ImageEncoder, resize_crop_normalise
 from lumos.schemas import features
 
-TOKEN_SETS = ("cls", "patch", "all", "top119")
 TOP_K = 119
 
 
