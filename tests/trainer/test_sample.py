@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 
 from lumos.curation.sample import encode, synthetic_image
 from lumos.trainer import checkpoint as ckpt
-from lumos.trainer.grid import PAD
+from lumos.trainer.grid import LABEL, PAD, origin
 from lumos.trainer.sample_cli import app
 
 RESOLUTION = 256  # the tiny-vae features of the fixture
@@ -36,8 +36,14 @@ def _sample(*args):
     return result.exit_code, [line for line in result.output.splitlines() if line.strip()]
 
 
-def _size(rows, cols):
-    return (cols * (RESOLUTION + PAD) + PAD, rows * (RESOLUTION + PAD) + PAD)  # PIL: (width, height)
+def _size(rows, cols, titles=False):
+    """A grid's (width, height) as PIL gives it: a header band, then rows (each under a title band)."""
+    return (cols * (RESOLUTION + PAD) + PAD, LABEL + rows * (RESOLUTION + PAD + (LABEL if titles else 0)) + PAD)
+
+
+def _cell(grid, row, col, titles=False):
+    top, left = origin(row, col, RESOLUTION, header=True, titles=titles)
+    return grid[top:top + RESOLUTION, left:left + RESOLUTION]
 
 
 def test_i2i_grid_size_and_same_seed_same_bytes(sample_runs, tmp_path):
@@ -51,8 +57,7 @@ def test_i2i_grid_size_and_same_seed_same_bytes(sample_runs, tmp_path):
     assert Image.open(tmp_path / "one.png").size == _size(2, 4)
     assert runs[0] == runs[1] and runs[0] != runs[2]
     grid = np.asarray(Image.open(tmp_path / "one.png"))
-    cells = [grid[PAD:PAD + RESOLUTION, PAD + j * (RESOLUTION + PAD):PAD + j * (RESOLUTION + PAD) + RESOLUTION]
-             for j in range(4)]
+    cells = [_cell(grid, 0, j) for j in range(4)]
     assert all(not np.array_equal(cells[1], c) for c in cells[2:])  # 3 different samples, not one repeated
 
 
@@ -66,7 +71,7 @@ def test_interpolate_strip_and_t2i_grid(sample_runs, tmp_path):
         strips.append((tmp_path / name).read_bytes())
     assert Image.open(tmp_path / "strip.png").size == _size(1, 6) and strips[0] == strips[1]  # A, 4 points, B
     strip = np.asarray(Image.open(tmp_path / "strip.png"))
-    ends = [strip[:, PAD + k * (RESOLUTION + PAD):PAD + k * (RESOLUTION + PAD) + RESOLUTION] for k in (1, 4)]
+    ends = [_cell(strip, 0, k) for k in (1, 4)]
     assert not np.array_equal(*ends)  # one noise, two conditions: the strip moves from A to B
     outputs = []
     for name in ("t1.png", "t2.png"):
@@ -74,7 +79,7 @@ def test_interpolate_strip_and_t2i_grid(sample_runs, tmp_path):
                               "--prompt", "a red square", "--num", "2", "--output", str(tmp_path / name))
         assert code == 0, lines
         outputs.append((tmp_path / name).read_bytes())
-    assert Image.open(tmp_path / "t1.png").size == _size(2, 2) and outputs[0] == outputs[1]
+    assert Image.open(tmp_path / "t1.png").size == _size(2, 2, titles=True) and outputs[0] == outputs[1]
 
 
 def _edited_run(source, tmp_path, edit):
@@ -139,6 +144,7 @@ def test_lumos_train_sample_every_writes_grids_of_held_back_rows(feature_table, 
     ours = np.asarray(Image.open(tmp_path / "again.png"))
     theirs = np.asarray(Image.open(run / "samples" / "step-0000010.png"))
     first_sample = PAD + RESOLUTION + PAD  # the first column differs: the input image vs its VAE reconstruction
+    assert not np.array_equal(ours[:LABEL, :first_sample], theirs[:LABEL, :first_sample])  # "input", "recon"
     assert np.array_equal(ours[:, first_sample:], theirs[:, first_sample:])
     with pytest.raises(UserError, match="held-back rows"):  # holding back changes the data order
         run_training(TrainConfig(**{**config, "sample_every": 0, "resume": True, "steps": 12}), say=lambda *_: None)
