@@ -1,5 +1,9 @@
 """The built-in sample: LAION-shaped metadata whose URLs point at images served on 127.0.0.1.
 
+Its good rows are the colour photographs scikit-image ships (no network: they are in the package), scaled
+up so that their short side passes the sample's 512-px size filter; its other rows are one of each common
+failure (a low aesthetic score, small metadata, a 404, an HTML page, an image smaller than its metadata says).
+
 Used by `lumos-curate sample` (the README's first command) so that the whole chain runs offline, and by
 the tests, which serve their own fixtures through the same `ImageServer`.
 """
@@ -101,14 +105,34 @@ def encode(img: Image.Image, fmt: str = "JPEG") -> bytes:
     return out.getvalue()
 
 
-def sample_rows(count: int = 40) -> list[dict]:
-    """Rows of the built-in sample: mostly good images, plus one of each common failure."""
+# scikit-image's data photographs (name, caption): real pictures, shipped with the package.
+PHOTOS = [("astronaut", "an astronaut in front of a flag"), ("coffee", "a cup of coffee on a saucer"),
+          ("chelsea", "a ginger cat looking to the side"), ("rocket", "a rocket on its launch pad"),
+          ("immunohistochemistry", "stained tissue under a microscope"),
+          ("hubble_deep_field", "galaxies in the deep field"), ("retina", "the back of a human eye"),
+          ("camera", "a man with a camera on a tripod")]
+SHORT_SIDE = 512  # the sample's --min-size
+
+
+def photo(name: str) -> Image.Image:
+    """One of scikit-image's photographs as RGB, scaled up (bicubic) to a short side of at least SHORT_SIDE."""
+    from skimage import data
+
+    pixels = getattr(data, name)()
+    if pixels.ndim == 2:  # the greyscale ones
+        pixels = np.stack([pixels] * 3, -1)
+    image = Image.fromarray(pixels[..., :3])
+    scale = max(1.0, SHORT_SIDE / min(image.size))
+    return image.resize((round(image.width * scale), round(image.height * scale)), Image.Resampling.BICUBIC)
+
+
+def sample_rows() -> list[dict]:
+    """Rows of the built-in sample: the photographs, plus one of each common failure."""
     rows = []
-    sizes = [(640, 512), (512, 640), (768, 512), (600, 600), (800, 600)]
-    for i in range(count):
-        w, h = sizes[i % len(sizes)]
-        rows.append({"name": f"img{i:03d}.jpg", "w": w, "h": h, "aesthetic": 5.0 + (i % 10) * 0.3,
-                     "caption": f"sample picture {i}", "serve": "image"})
+    for i, (name, caption) in enumerate(PHOTOS):
+        w, h = photo(name).size  # the metadata says the size served
+        rows.append({"name": f"{name}.jpg", "photo": name, "w": w, "h": h, "aesthetic": 5.5 + (i % 4) * 0.3,
+                     "caption": caption, "serve": "photo"})
     rows += [
         {"name": "low_aesthetic.jpg", "w": 640, "h": 512, "aesthetic": 4.2, "caption": "dull", "serve": "image"},
         {"name": "tiny_meta.jpg", "w": 320, "h": 240, "aesthetic": 6.0, "caption": "small", "serve": "image"},
@@ -124,7 +148,9 @@ def sample_routes(rows: list[dict]) -> dict[str, Route]:
     routes: dict[str, Route] = {}
     for i, row in enumerate(rows):
         path = f"/{row['name']}"
-        if row["serve"] == "image":
+        if row["serve"] == "photo":
+            routes[path] = Route(encode(photo(row["photo"])))
+        elif row["serve"] == "image":
             routes[path] = Route(encode(synthetic_image(row["w"], row["h"], seed=i)))
         elif row["serve"] == "html":
             routes[path] = Route(b"<html><body>moved</body></html>", "image/jpeg")

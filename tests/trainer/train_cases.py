@@ -25,3 +25,20 @@ def make_images(root, count=ROWS, image_size=256):
     return str(root / "curated" / "images.lance")
 
 
+
+
+def make_photo_images(root):
+    """The built-in sample's photographs (scikit-image's), as a JourneyDB dump captioned as in the sample."""
+    from lumos.curation.sample import PHOTOS, photo
+
+    lines = []
+    for name, caption in PHOTOS:
+        path = root / "photos" / f"{name}.jpg"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        photo(name).save(path, quality=90)
+        lines.append(json.dumps({"img_path": f"./{name}.jpg", "prompt": caption}))
+    (root / "photos.jsonl").write_text("\n".join(lines) + "\n")
+    run_dump_job(JourneyDBReader(str(root / "photos"), str(root / "photos.jsonl")), str(root / "photos-curated"),
+                 PrepareConfig(min_size=64, image_size=256), ScoreConfig(model="tiny"), {"input": "fixture"},
+                 say=lambda *_: None)
+    return str(root / "photos-curated" / "images.lance")
