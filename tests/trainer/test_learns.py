@@ -11,12 +11,14 @@ tiny-dino's CLS alone (pairwise cosine 0.62 between photos) plateaued at 38-41% 
 
 import io
 import json
+import os
 
 import lance
 import numpy as np
 import pytest
 import torch
 from PIL import Image
+from test_fid import inception_weights  # noqa: F401 - the fixture, shared
 from train_cases import make_photo_images
 
 from lumos.floor.errors import UserError
@@ -134,3 +136,30 @@ def test_a_token_set_the_features_lack_is_refused_in_one_line(photos, tmp_path):
                                  steps=1, **LEARN), say=lambda *_: None)
     assert "--condition-tokens top119" in str(err.value) and "hold the all set" in str(err.value)
     assert "\n" not in str(err.value) and not (tmp_path / "r" / "checkpoints").exists()
+
+
+def test_a_pixels_run_on_tokens_exports_and_evaluates(photos, inception_weights, tmp_path):
+    from safetensors.torch import load_file
+    from typer.testing import CliRunner
+
+    from lumos.trainer.eval_cli import app as eval_app
+    from lumos.trainer.export import export
+    from lumos.trainer.sampler import load_trained
+    from lumos.trainer.train import TrainConfig, run_training
+
+    run = str(tmp_path / "run")
+    run_training(TrainConfig(mode="i2i", data=photos["all"], output=run, condition_tokens="all", steps=4, **LEARN),
+                 say=lambda *_: None)
+    folder = export(run, str(tmp_path / "export"), say=lambda *_: None)
+    assert sorted(os.listdir(folder)) == ["lumos.json", "negative.safetensors", "scheduler", "transformer"]  # no VAE
+    negative = load_file(os.path.join(folder, "negative.safetensors"))
+    model = load_trained(run).model
+    null, _ = model.drop(torch.zeros(1, 17, 64), None, torch.ones(1, dtype=torch.bool))
+    assert negative["negative_prompt_embeds"].shape == (1, 17, 64)
+    assert torch.equal(negative["negative_prompt_embeds"], null)  # the null token, then zeros: as trained
+    result = CliRunner().invoke(eval_app, ["fid", "--checkpoint", run, "--reference", photos["images"], "--num", "4",
+                                           "--batch-size", "4", "--steps", "2", "--inception", inception_weights,
+                                           "--cache-dir", str(tmp_path / "cache"), "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    fid = json.loads(result.stdout.strip().splitlines()[-1])
+    assert np.isfinite(fid["fid"]) and fid["resolution"] == 16 and fid["num_generated"] == 4
