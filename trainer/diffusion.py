@@ -27,7 +27,11 @@ class Diffusion:
         return a * x0 + b * noise
 
     @staticmethod
+    def per_sample_loss(eps_pred: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        """The ε-MSE of each sample: (N,)."""
+        return (eps_pred.float() - noise.float()).pow(2).flatten(1).mean(1)
+
+    @staticmethod
     def loss(eps_pred: torch.Tensor, noise: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         """Mean over the samples of weight > 0 (a weight 0 row only keeps DDP ranks in step) of the ε-MSE."""
-        per_sample = (eps_pred.float() - noise.float()).pow(2).flatten(1).mean(1)  # (N,)
-        return (per_sample * weight).sum() / weight.sum().clamp(min=1.0)
+        return (Diffusion.per_sample_loss(eps_pred, noise) * weight).sum() / weight.sum().clamp(min=1.0)

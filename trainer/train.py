@@ -33,10 +33,11 @@ from lumos.trainer.models import DIT_MODELS, LumosDiT, autocast
 SCALING_FACTOR_KEY = "scaling_factor"
 PROVENANCE_IGNORED = ("versions", "images")  # a library upgrade or a moved images table is the same features
 # What a resumed run must share with its checkpoint (the data order and the model depend on them).
-RUN_DEFINING = {"i2i": ("mode", "model", "latents", "condition", "condition_tokens", "batch_size", "seed"),
-                "t2i": ("mode", "model", "latents", "text", "caption", "batch_size", "seed")}
+RUN_DEFINING = {"i2i": ("mode", "model", "latents", "condition", "condition_tokens", "batch_size", "global_batch",
+                        "seed"),
+                "t2i": ("mode", "model", "latents", "text", "caption", "batch_size", "global_batch", "seed")}
 PRECISIONS = ("fp16", "bf16", "fp32")
-DEFAULTS = {"condition_tokens": "cls"}  # what a run made before a setting existed was trained with
+DEFAULTS = {"condition_tokens": "cls", "global_batch": None}  # what a run made before a setting existed was trained with
 
 
 @dataclass
@@ -51,7 +52,8 @@ class TrainConfig:
     text: str = "t5-xxl"  # t2i: the text encoder
     caption: str = "short"  # t2i: short | long (falls back to nothing: rows without one are skipped)
     init: str | None = None  # t2i: the I2I run or checkpoint to start from
-    batch_size: int = 256  # per rank
+    batch_size: int = 256  # per rank and forward pass
+    global_batch: int | None = None  # rows an optimizer step; None: batch_size × ranks (no accumulation)
     steps: int = 65000
     lr: float = 1.6e-4
     warmup: int = 1000
@@ -86,6 +88,8 @@ class TrainConfig:
             (not (self.mode == "i2i" and self.init), "--init is for t2i (fine-tuning an I2I run)"),
             (self.steps >= 1, f"--steps {self.steps}: must be >= 1"),
             (self.batch_size >= 1, f"--batch-size {self.batch_size}: must be >= 1"),
+            (self.global_batch is None or self.global_batch >= self.batch_size,
+             f"--global-batch {self.global_batch}: must be >= --batch-size ({self.batch_size})"),
             (_finite(self.lr) and self.lr > 0, f"--lr {self.lr}: must be > 0"),
             (self.warmup >= 0, f"--warmup {self.warmup}: must be >= 0"),
             (_finite(self.weight_decay) and self.weight_decay >= 0,
@@ -153,6 +157,7 @@ class Run:
         c.validate()
         self.world, self.rank, self.device = _process()
         cuda = self.device.type == "cuda"
+        self.accumulation = accumulation_steps(c, self.world)
 
         import lance
 
@@ -220,7 +225,8 @@ class Run:
         self.held_back, self.grid, skip = None, None, None
         if c.sample_every:
             skip, self.held_back = hold_back(positions, c.sample_rows, c.seed)
-        self.order = EpochOrder(positions, c.batch_size, self.world, self.rank, c.seed, skip=skip)
+        # a step's rows on this rank: batch_size × accumulation, in `accumulation` forward passes
+        self.order = EpochOrder(positions, c.batch_size * self.accumulation, self.world, self.rank, c.seed, skip=skip)
         self.diffusion = Diffusion(device=self.device)
 
     # --- loading ---
@@ -307,14 +313,24 @@ class Run:
         ready = prepare(batch, self.scaling, c.mode, g, dev)  # what feature_loader gives a user's own loop
         x0, cond, mask, weight = ready["x0"], ready["cond"], ready.get("mask"), ready["weight"]
         n = x0.shape[0]
+        # every draw is made for the step's rows at once: accumulated passes see what one large batch would
         drop = torch.rand(n, device=dev, generator=g) < c.cond_dropout
         t = torch.randint(0, self.diffusion.steps, (n,), device=dev, generator=g)
         noise = torch.randn(x0.shape, device=dev, generator=g)
         xt = self.diffusion.q_sample(x0, t, noise)
-        with autocast(c.precision, dev):
-            loss = self.diffusion.loss(self.ddp(xt, t, cond, mask, drop), noise, weight)
         self.optimizer.zero_grad(set_to_none=True)
-        self.scaler.scale(loss).backward()
+        total = weight.sum().clamp(min=1.0)  # the step's loss is the mean over all its rows, as one batch's
+        loss = torch.zeros((), device=dev)
+        starts = range(0, n, c.batch_size)
+        for k, start in enumerate(starts):
+            part = slice(start, start + c.batch_size)
+            last = k == len(starts) - 1
+            with contextlib.nullcontext() if last or self.ddp is self.model else self.ddp.no_sync():
+                with autocast(c.precision, dev):
+                    eps = self.ddp(xt[part], t[part], cond[part], None if mask is None else mask[part], drop[part])
+                part_loss = (self.diffusion.per_sample_loss(eps, noise[part]) * weight[part]).sum() / total
+                self.scaler.scale(part_loss).backward()
+            loss = loss + part_loss.detach()
         self.scaler.unscale_(self.optimizer)
         if c.grad_clip > 0:  # 0: no clipping
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), c.grad_clip)
@@ -369,7 +385,7 @@ class Run:
                     mean_loss /= self.world
                 elapsed = time.perf_counter() - started
                 row = {"step": self.step, "loss": float(mean_loss), "lr": self.scheduler.get_last_lr()[0],
-                       "steps_per_s": len(window) / elapsed, "samples_per_s": len(window) * c.batch_size * self.world / elapsed,
+                       "steps_per_s": len(window) / elapsed, "samples_per_s": len(window) * c.batch_size * self.accumulation * self.world / elapsed,
                        "data_wait": waited / elapsed, "epoch": batch["epoch"]}
                 log.write(row)
                 bar.set_postfix(loss=f"{row['loss']:.4f}", sps=f"{row['samples_per_s']:.0f}",
@@ -411,6 +427,17 @@ class Run:
     def full_config(self) -> dict:
         return {"train": asdict(self.config), "provenance": self.provenance, "world_size": self.world,
                 "columns": asdict(self.columns), "scaling_factor": self.scaling}
+
+
+def accumulation_steps(c: TrainConfig, world: int) -> int:
+    """Forward passes an optimizer step takes on each rank to reach --global-batch (1: none)."""
+    if c.global_batch is None:
+        return 1
+    per_pass = c.batch_size * world
+    if c.global_batch % per_pass:
+        raise UserError(f"--global-batch {c.global_batch}: must be a multiple of --batch-size × ranks "
+                        f"({c.batch_size} × {world} = {per_pass})")
+    return c.global_batch // per_pass
 
 
 def _held_back(train: dict) -> int:
