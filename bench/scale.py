@@ -342,7 +342,7 @@ def encode(images: str, features: str, log_dir: str, batch: int, timeout: float 
 
 def train(features: str, run: str, log_dir: str, batch: int, timeout: float | None) -> dict:
     shutil.rmtree(run, ignore_errors=True)
-    cmd = [sys.executable, "-m", "lumos.trainer.cli", "i2i", "--data", features, "--output", run,
+    cmd = [sys.executable, "-m", "lumos.generation.train_cli", "i2i", "--data", features, "--output", run,
            "--model", "DiT-T/2", "--latents", "tiny-vae", "--condition", "tiny-dino", "--steps", "1",
            "--batch-size", str(batch), "--precision", "fp32", "--workers", "1", "--log-every", "1"]
     first = {}

@@ -30,7 +30,7 @@ def loader_rows_per_s(run: Run, batch: int, batches: int, workers: int) -> float
     from torch.utils.data import DataLoader
 
     order = EpochOrder(run.order.positions, batch, seed=1)
-    stream = FeatureStream(run.config.data, run.columns, order)
+    stream = FeatureStream(run.config.data.table, run.columns, order)
     loader = iter(DataLoader(stream, batch_size=None, num_workers=workers,
                              multiprocessing_context="spawn" if workers else None,
                              prefetch_factor=4 if workers else None))
@@ -75,10 +75,10 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="lumos-bench-") as tmp:
         data = i2i_features_table(os.path.join(tmp, "features.lance"), args.rows)
         base = dict(mode="i2i", data=data, model="DiT-S/2", precision="fp32", lr=1e-4, warmup=1)
-        loader_run = Run(TrainConfig(output=os.path.join(tmp, "loader"), batch_size=256, **base))
+        loader_run = Run(TrainConfig.of(output=os.path.join(tmp, "loader"), batch_size=256, **base))
         alone = {w: loader_rows_per_s(loader_run, 256, 100, w) for w in (0, 2)}
 
-        run = Run(TrainConfig(output=os.path.join(tmp, "run"), batch_size=args.batch, workers=args.workers, **base))
+        run = Run(TrainConfig.of(output=os.path.join(tmp, "run"), batch_size=args.batch, workers=args.workers, **base))
         in_memory, streamed = compare_steps(run, args.steps)
 
     print(f"loader alone, I2I rows (17.5 KB), batch 256, shuffled: {alone[0]:,.0f} rows/s in-process, "

@@ -38,7 +38,7 @@ def main() -> int:
 
     with tempfile.TemporaryDirectory(prefix="lumos-bench-") as tmp:
         data = i2i_features_table(os.path.join(tmp, "features.lance"), 4096)
-        run = Run(TrainConfig(mode="i2i", data=data, output=os.path.join(tmp, "run"), model=args.model,
+        run = Run(TrainConfig.of(mode="i2i", data=data, output=os.path.join(tmp, "run"), model=args.model,
                               batch_size=args.batch, precision="fp32", workers=0, lr=1e-4, warmup=1))
         vae = EncoderConfig("sd-vae", random_weights=True).build().load()
         dino = EncoderConfig("dino-b", random_weights=True).build().load()

@@ -6,11 +6,11 @@ import typer
 from typer.testing import CliRunner
 
 from lumos.curation.cli import app as curate
+from lumos.generation.eval_cli import app as evaluate
+from lumos.generation.export import app as export
+from lumos.generation.sample_cli import app as sample
+from lumos.generation.train_cli import app as train
 from lumos.pipeline.cli import app as encode
-from lumos.trainer.cli import app as train
-from lumos.trainer.eval_cli import app as evaluate
-from lumos.trainer.export import app as export
-from lumos.trainer.sample_cli import app as sample
 
 APPS = {"lumos-curate": curate, "lumos-encode": encode, "lumos-train": train, "lumos-sample": sample,
         "lumos-export": export, "lumos-eval": evaluate}

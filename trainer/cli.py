@@ -1,7 +1,9 @@
 """`lumos-train i2i | t2i`: train the Lumos DiT from a features table made by lumos-encode.
 
-One process, or one per GPU: `torchrun --nproc_per_node 8 -m lumos.trainer.cli i2i ...` (NCCL on GPUs, gloo
-on CPUs; several nodes the torchrun way). --batch-size is per process. README: every option in detail.
+Settings come from the defaults (the paper's), then the run being resumed (--resume), then a recipe
+(--config NAME|PATH: configs/*.toml), then the flags given. One process, or one per GPU: `torchrun
+--nproc_per_node 8 -m lumos.generation.train_cli i2i ...` (NCCL on GPUs, gloo on CPUs). --batch-size is per
+process. README: every option in detail.
 """
 
 from __future__ import annotations
@@ -18,51 +20,14 @@ os.environ.setdefault("LANCE_LOG", "error")
 
 from lumos.floor.cli_app import new_app  # noqa: E402
 from lumos.floor.errors import UserError  # noqa: E402
-from lumos.trainer.models import DIT_MODELS  # noqa: E402
+from lumos.trainer.config import BOTH, TrainConfig, default_of, flat_record, option_specs, read_recipe  # noqa: E402
 
 err_console = Console(stderr=True)
-app = new_app(__doc__, group=True, no_args_is_help=True)
-BOTH, I2I, T2I = ("i2i", "t2i"), ("i2i",), ("t2i",)
-
-# name: (type, option, the modes that have it). Each mode's command takes its own options only.
-OPTIONS = {
-    "data": (str, typer.Option(..., help="The features table (features.lance from lumos-encode)."), BOTH),
-    "output": (str, typer.Option(..., help="The run folder: checkpoints/, metrics.jsonl, loss.png."), BOTH),
-    "model": (str, typer.Option("DiT-XL/2", help=f"DiT size: {', '.join(DIT_MODELS)}."), BOTH),
-    "latents": (str, typer.Option("sd-vae", help="The VAE whose mean/std columns are the latents."), BOTH),
-    "condition": (str, typer.Option("dino-b", help="The image encoder whose features condition."), I2I),
-    "condition_tokens": (str, typer.Option("cls", help="cls, patch, all or top119 (lumos-encode --tokens)."),
-                         I2I),
-    "text": (str, typer.Option("t5-xxl", help="The text encoder whose tokens are the condition."), T2I),
-    "caption": (str, typer.Option("short", help="short or long (rows without one are skipped)."), T2I),
-    "init": (Optional[str], typer.Option(None, help="An I2I run or checkpoint to start from."), T2I),
-    "batch_size": (int, typer.Option(256, help="Samples per forward pass per process."), BOTH),
-    "global_batch": (Optional[int], typer.Option(None, help="Samples per optimizer step, by accumulation."), BOTH),
-    "steps": (int, typer.Option(65000, help="Total optimizer steps (a resumed run goes on to it)."), BOTH),
-    "lr": (float, typer.Option(1.6e-4, help="AdamW learning rate after the warm-up."), BOTH),
-    "warmup": (int, typer.Option(1000, help="Linear warm-up steps."), BOTH),
-    "weight_decay": (float, typer.Option(0.03, help="AdamW weight decay."), BOTH),
-    "precision": (str, typer.Option("auto", help="auto (fp16 on a GPU, fp32 on a CPU), fp16, bf16, fp32."), BOTH),
-    "grad_clip": (float, typer.Option(0.01, help="Gradient-norm clipping (0: none)."), BOTH),
-    "grad_checkpointing": (bool, typer.Option(False, "--grad-checkpointing",
-                                              help="Recompute activations: less memory, ~30% slower."), BOTH),
-    "ema": (float, typer.Option(0.9999, help="EMA decay of the sampling weights, in [0, 1)."), BOTH),
-    "cond_dropout": (float, typer.Option(0.1, help="Chance of the null condition (for guidance)."), BOTH),
-    "save_every": (int, typer.Option(1000, help="Checkpoint every N steps (and at the end)."), BOTH),
-    "keep": (int, typer.Option(3, help="Newest checkpoints kept."), BOTH),
-    "log_every": (int, typer.Option(10, help="Write metrics.jsonl every N steps."), BOTH),
-    "seed": (int, typer.Option(0, help="Seeds the weights, the data order and the noise."), BOTH),
-    "resume": (bool, typer.Option(False, "--resume", help="Continue the run in --output from its last intact "
-                                  "checkpoint."), BOTH),
-    "workers": (str, typer.Option("auto", help="DataLoader processes per rank; auto: 4 with a GPU or over 4 "
-                                  "cores, else 0."), BOTH),
-    "record_samples": (bool, typer.Option(False, "--record-samples", help="Log each step's sample ids."), BOTH),
-    "tensorboard": (bool, typer.Option(False, "--tensorboard", help="Also log to RUN/tensorboard."), BOTH),
-    "sample_every": (int, typer.Option(0, help="Every N steps, a grid of held-back rows (0: none)."), BOTH),
-    "sample_rows": (int, typer.Option(8, help="Rows held back for those grids."), BOTH),
-}
 HELP = {"i2i": "Pretrain on image-encoder features (the prior).",
         "t2i": "Fine-tune on T5 text features (--init: I2I run)."}
+NOT_INHERITED = ("resume", "workers")  # on --resume: the action itself, and what fits the machine (auto)
+CONFIG = typer.Option(None, "--config", help="A recipe (configs/: i2i-256, t2i-256, t2i-512, t2i-1024) or a "
+                      ".toml file; flags override it.")
 
 
 def say(line: str) -> None:
@@ -70,22 +35,44 @@ def say(line: str) -> None:
     err_console.print(line, markup=False, highlight=False, soft_wrap=True)
 
 
-def workers_of(value: str) -> int | None:
+def workers_of(value) -> int | None:
     """--workers: a count, or None for auto (decided where the device is known)."""
-    if value == "auto":
+    if value is None or value == "auto":
         return None
     try:
-        return int(value)
-    except ValueError:
+        count = int(value)
+    except (TypeError, ValueError):
         raise UserError(f"--workers {value}: expected a number >= 0 or auto") from None
+    return count
 
 
-def _train(mode: str, options: dict) -> None:
-    from lumos.trainer.train import TrainConfig, run_training
+def resolve(mode: str, given: dict, recipe: str | None) -> TrainConfig:
+    """Defaults ← the resumed run's settings ← the recipe ← the flags given (None: not given)."""
+    from lumos.trainer import checkpoint as ckpt
+
+    given = {k: v for k, v in given.items() if v is not None}
+    settings = read_recipe(recipe) if recipe else {}
+    if settings.pop("mode", mode) != mode:
+        raise UserError(f"--config {recipe} is a recipe for lumos-train {'t2i' if mode == 'i2i' else 'i2i'}")
+    output = given.get("output", settings.get("output"))
+    if given.get("resume") and output and ckpt.latest(output):
+        saved = flat_record(ckpt.read_config(ckpt.latest(output))["train"])
+        ours = {name for name, _ in option_specs(mode)}
+        settings = {**{k: v for k, v in saved.items() if k in ours and k not in NOT_INHERITED}, **settings}
+    settings.update(given)
+    if "workers" in settings:
+        settings["workers"] = workers_of(settings["workers"])
+    config = TrainConfig.of(mode, **settings)
+    config.recipe = recipe
+    return config
+
+
+def _train(mode: str, options: dict, sample_grid) -> None:
+    from lumos.trainer.train import run_training
 
     try:
-        config = TrainConfig(mode=mode, **{**options, "workers": workers_of(options["workers"])})
-        result = run_training(config, say=say)
+        recipe = options.pop("config")
+        result = run_training(resolve(mode, options, recipe), say=say, sample_grid=sample_grid)
     except UserError as err:
         err_console.print(f"[red]error:[/red] {escape(str(err))}", highlight=False, soft_wrap=True)
         raise typer.Exit(2) from None
@@ -93,22 +80,41 @@ def _train(mode: str, options: dict) -> None:
         print(f"trained to step {result['steps']}; last checkpoint: {result['checkpoint']}")
 
 
-def _command(mode: str):
+def _option(name: str, f) -> tuple[type, typer.models.OptionInfo]:
+    """The typer option of one setting: not given is None, so a recipe or the resumed run can fill it; the
+    help shows the default."""
+    flag, help = "--" + name.replace("_", "-"), f.metadata["help"]
+    default = default_of(f)
+    if f.type == "bool":
+        if name == "resume":  # an action, not a setting
+            return Optional[bool], typer.Option(None, flag, help=help, show_default=False)
+        return Optional[bool], typer.Option(None, f"{flag}/--no-{flag[2:]}", help=help, show_default=False)
+    kind = {"int": int, "float": float, "str": str, "int | None": int, "str | None": str}[f.type]
+    if name == "workers":
+        kind, default = str, "auto"
+    shown = False if default in (None, "") else str(default)
+    return Optional[kind], typer.Option(None, flag, help=help, show_default=shown)
+
+
+def _command(mode: str, sample_grid):
     """The `mode` command: its options only (typer reads them from the signature)."""
 
     def command(**options) -> None:
-        _train(mode, options)
+        _train(mode, options, sample_grid)
 
-    params = [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=option, annotation=kind)
-              for name, (kind, option, modes) in OPTIONS.items() if mode in modes]
+    params = [inspect.Parameter("config", inspect.Parameter.KEYWORD_ONLY, default=CONFIG, annotation=Optional[str])]
+    for name, f in option_specs(mode):
+        kind, opt = _option(name, f)
+        params.append(inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=opt, annotation=kind))
     command.__signature__ = inspect.Signature(params)
     command.__doc__ = HELP[mode]
     return command
 
 
-for _mode in BOTH:
-    app.command(_mode)(_command(_mode))
-
-
-if __name__ == "__main__":
-    app()
+def make_app(sample_grid=None):
+    """The lumos-train command; `sample_grid` draws --sample-every's pictures (lumos.trainer.held_back's
+    SampleGrid). The installed command is lumos.generation.train_cli's, which passes generation's."""
+    app = new_app(__doc__, group=True, no_args_is_help=True)
+    for mode in BOTH:
+        app.command(mode)(_command(mode, sample_grid))
+    return app

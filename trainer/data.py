@@ -54,6 +54,10 @@ class FeatureColumns:
     length: str | None = None  # text conditions only
     latents_ok: str | None = None
     cond_ok: str | None = None  # image conditions only
+    # --caption mix: the long caption's tokens and length beside the short ones, and the chance of taking it
+    long_cond: str | None = None
+    long_length: str | None = None
+    long_share: float = 0.0
 
     def __post_init__(self):
         if self.latents_ok is None:
@@ -62,11 +66,15 @@ class FeatureColumns:
             object.__setattr__(self, "cond_ok", features.ok_column(self.cond.removesuffix("_cls")))
 
     def names(self) -> list[str]:
+        """The columns a batch reads (under --caption mix, the tokens are read per row apart: `load`)."""
+        if self.long_cond:
+            return [self.mean, self.std, self.length, self.long_length]
         return [self.mean, self.std, self.cond] + ([self.length] if self.length else [])
 
     def usable(self) -> list[str]:
-        """The small columns that tell whether a row is usable."""
-        return [self.latents_ok, self.length if self.length else self.cond_ok]
+        """The small columns that tell whether a row is usable (under mix: either caption will do)."""
+        return [self.latents_ok, self.length if self.length else self.cond_ok] + \
+            ([self.long_length] if self.long_length else [])
 
 
 def _usable_bits(ds, columns: FeatureColumns) -> tuple[np.ndarray, int]:
@@ -84,12 +92,18 @@ def _usable_bits(ds, columns: FeatureColumns) -> tuple[np.ndarray, int]:
     total = ds.count_rows()
     bits = np.zeros((total + 7) // 8, np.uint8)
     buffer, filled, packed, seen = np.empty(_PACK, bool), 0, 0, 0
+    lengths = {columns.length, columns.long_length} - {None}
     for batch in ds.to_batches(columns=columns.usable(), scan_in_order=True):
-        usable = np.ones(batch.num_rows, bool)
+        usable, caption = np.ones(batch.num_rows, bool), np.zeros(batch.num_rows, bool)
         for name in columns.usable():
             column = batch.column(name)
-            ok = pc.greater(column, 0) if name == columns.length else column
-            usable &= pc.fill_null(ok, False).to_numpy(zero_copy_only=False)
+            ok = pc.fill_null(pc.greater(column, 0) if name in lengths else column, False)
+            if name in lengths:  # a text condition: a row with one caption (or either, under mix) is usable
+                caption |= ok.to_numpy(zero_copy_only=False)
+            else:
+                usable &= ok.to_numpy(zero_copy_only=False)
+        if lengths:
+            usable &= caption
         seen += len(usable)
         while len(usable):
             n = min(len(usable), _PACK - filled)
@@ -299,9 +313,41 @@ class FeatureStream(IterableDataset):
             batch["ids"] = table[ID].to_pylist()
         if self.columns.length is None:  # image features: a CLS vector (one token) or a fixed token set
             batch["cond"] = as_tokens(read_fixed(table, self.columns.cond, ds))  # (N, T, C)
+        elif self.columns.long_cond:
+            long = take_long(table, self.columns, positions, self.order.seed, epoch)
+            batch["cond"], batch["mask"] = read_captions(ds, positions, long, self.columns)
         else:
             batch["cond"], batch["mask"] = read_padded(table, self.columns.cond, self.columns.length, ds)
         return batch
+
+
+def take_long(table, columns: FeatureColumns, positions: np.ndarray, seed: int, epoch: int | None) -> np.ndarray:
+    """--caption mix: which rows take their long caption. Each row draws by (seed, epoch, its position) alone
+    (the same on any rank, worker or resume), long with chance `long_share`; a row lacking one caption takes
+    the other. epoch None: no draw, the short caption where there is one (the held-back grid's rows)."""
+    short = table[columns.length].to_numpy(zero_copy_only=False) > 0
+    has_long = table[columns.long_length].to_numpy(zero_copy_only=False) > 0
+    if epoch is None:
+        return ~short
+    key = _keys(seed, epoch)[0] ^ np.uint64(0x6C6F6E67)  # "long": apart from the order's own keys
+    draw = (_round(np.asarray(positions, np.uint64), key) >> np.uint64(11)).astype(np.float64) / 2.0 ** 53
+    return np.where(short & has_long, draw < columns.long_share, has_long)
+
+
+def read_captions(ds, positions: np.ndarray, long: np.ndarray, columns: FeatureColumns):
+    """The tokens of each row's chosen caption, (N, L, C) padded and (N, L) mask: two takes, each of the
+    rows that use that caption (a row's other caption is never read)."""
+    parts = []
+    for use, cond, length in ((~long, columns.cond, columns.length), (long, columns.long_cond, columns.long_length)):
+        if use.any():
+            parts.append((np.flatnonzero(use), *read_padded(ds.take(positions[use], columns=[cond, length]), cond,
+                                                            length, ds)))
+    longest = max(p[1].shape[1] for p in parts)
+    out = torch.zeros(len(positions), longest, parts[0][1].shape[2], dtype=torch.float16)
+    mask = torch.zeros(len(positions), longest, dtype=torch.int64)
+    for rows, values, part_mask in parts:
+        out[rows, :values.shape[1]], mask[rows, :values.shape[1]] = values, part_mask
+    return out, mask
 
 
 def read_fixed(table, name: str, ds) -> torch.Tensor:

@@ -67,7 +67,8 @@ class ReadyBatches(IterableDataset):
 
 
 def feature_loader(data: str, mode: str = "i2i", latents: str = "sd-vae", condition: str = "dino-b",
-                   condition_tokens: str = "cls", text: str = "t5-xxl", caption: str = "short", batch_size: int = 256, rank: int = 0,
+                   condition_tokens: str = "cls", text: str = "t5-xxl", caption: str = "short",
+                   caption_mix: float = 0.5, batch_size: int = 256, rank: int = 0,
                    world: int = 1, seed: int = 0, epoch: int = 0, step: int | None = None, workers: int = 0,
                    cache: str | None = None) -> DataLoader:
     """A DataLoader of ready-to-train batches of `data` (a features table made by lumos-encode), starting at
@@ -78,9 +79,9 @@ def feature_loader(data: str, mode: str = "i2i", latents: str = "sd-vae", condit
     from lumos.schemas import features
     from lumos.trainer.train import SCALING_FACTOR_KEY, TrainConfig, columns_and_provenance
 
-    config = TrainConfig(mode=mode, data=data, output="", latents=latents, condition=condition,
-                         condition_tokens=condition_tokens, text=text,
-                         caption=caption, batch_size=batch_size, seed=seed)
+    config = TrainConfig.of(mode, data=data, output="", latents=latents, condition=condition,
+                            condition_tokens=condition_tokens, text=text, caption=caption, caption_mix=caption_mix,
+                            batch_size=batch_size, seed=seed)
     meta = features.str_metadata(lance.dataset(data).schema.metadata)
     columns, provenance = columns_and_provenance(config, meta)
     folder = cache or os.path.join(tempfile.gettempdir(), "lumos-positions")

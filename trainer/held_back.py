@@ -1,15 +1,17 @@
 """`lumos-train --sample-every N`: a few rows of the features table are held back from training, and every N
-steps the EMA model samples from their conditions into RUN/samples/step-NNNNNNN.png: each row is the VAE's
-reconstruction of the held-back image, then SAMPLES samples from its DINO features (I2I) or caption (T2I).
+steps the EMA model samples from their conditions into RUN/samples/step-NNNNNNN.png.
 
-The conditions come from the features table (no condition encoder runs); only the VAE's decoder is loaded,
-on rank 0, the first time a grid is written. The noise is the same at every step, so grids compare.
+The trainer only picks the rows (the same on every rank, drawn by the seed) and reads their features; the
+pictures are made by a hook the command passes in (lumos.generation's held-back grid: sampling, the VAE's
+decoder, the PNG), so that training itself never loads an encoder.
 """
 
 from __future__ import annotations
 
 import json
 import os
+from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 import torch
@@ -17,10 +19,7 @@ import torch.nn.functional as F
 
 from lumos.floor.errors import UserError
 from lumos.schemas.images import ID
-from lumos.trainer.data import FeatureColumns, as_tokens, read_fixed, read_padded
-
-SAMPLES = 4  # per held-back row
-STEPS, CFG, SCHEDULER = 20, 4.5, "dpm"
+from lumos.trainer.data import FeatureColumns, as_tokens, read_captions, read_fixed, read_padded, take_long
 
 
 def hold_back(positions: np.ndarray, count: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -32,38 +31,48 @@ def hold_back(positions: np.ndarray, count: int, seed: int) -> tuple[np.ndarray,
     return picked, np.asarray(positions[picked], np.int64)
 
 
-class HeldBackGrid:
-    def __init__(self, data: str, columns: FeatureColumns, positions: np.ndarray, mode: str, provenance: dict,
-                 scaling: float, device: torch.device, precision: str, seed: int, output: str,
-                 version: int | None = None):
-        import lance
+@dataclass
+class HeldBack:
+    """The held-back rows as the model sees them, and what a sample-grid hook needs to draw them."""
 
-        ds = lance.dataset(data, version=version)  # the version `positions` are of
-        table = ds.take(positions, columns=[ID, *columns.names()])
-        self.mean = read_fixed(table, columns.mean, ds).float().to(device)  # (K, 4, h, w)
-        if columns.length is None:
-            self.cond = F.normalize(as_tokens(read_fixed(table, columns.cond, ds)).float(), dim=-1).to(device)
-            self.mask = None
-        else:
-            cond, mask = read_padded(table, columns.cond, columns.length, ds)
-            self.cond, self.mask = cond.float().to(device), mask.to(device)
-        self.provenance, self.scaling, self.device, self.precision = provenance, scaling, device, precision
-        self.seed, self.folder, self.latents, self.shown = seed, os.path.join(output, "samples"), None, None
-        os.makedirs(self.folder, exist_ok=True)
-        with open(os.path.join(self.folder, "held-back.json"), "w") as f:
-            json.dump({"mode": mode, "ids": table[ID].to_pylist()}, f, indent=1)
+    ids: list
+    mean: torch.Tensor  # (K, C, h, w) posterior means, unscaled
+    cond: torch.Tensor  # (K, T, D): the condition tokens, normalised as in training
+    mask: torch.Tensor | None  # (K, T) for text, else None
+    mode: str
+    provenance: dict  # the run's encoder records (the VAE to decode with)
+    scaling: float
+    device: torch.device
+    precision: str
+    seed: int
+    folder: str  # RUN/samples
 
-    def write(self, ema, step: int) -> str:
-        from lumos.trainer.grid import sample_labels, save_grid
-        from lumos.trainer.run_encoders import Latents
-        from lumos.trainer.sampler import generate
 
-        if self.latents is None:  # the first grid: load the VAE, decode the posterior means once
-            self.latents = Latents(self.provenance["latents"], self.scaling, self.device)
-            self.shown = self.latents.decode(self.mean * self.scaling)
-        samples = generate(ema, self.cond, self.mask, latent_shape=tuple(self.mean.shape[1:]), num=SAMPLES,
-                           steps=STEPS, cfg=CFG, scheduler=SCHEDULER, seed=self.seed, precision=self.precision)
-        samples = self.latents.decode(samples)
-        rows = [[self.shown[i], *samples[i * SAMPLES:(i + 1) * SAMPLES]] for i in range(len(self.shown))]
-        return save_grid(rows, os.path.join(self.folder, f"step-{step:07d}.png"),
-                         header=["recon", *sample_labels(SAMPLES, self.seed)])
+# A sample-grid hook: called once with the held-back rows, it returns the function that, given the EMA model
+# and the step, writes that step's picture and returns its path.
+SampleGrid = Callable[[HeldBack], Callable[[torch.nn.Module, int], str]]
+
+
+def read_held_back(data: str, columns: FeatureColumns, positions: np.ndarray, version: int | None, *, mode: str,
+                   provenance: dict, scaling: float, device: torch.device, precision: str, seed: int,
+                   output: str) -> HeldBack:
+    """The held-back rows' features at the run's table version; their ids go to RUN/samples/held-back.json."""
+    import lance
+
+    ds = lance.dataset(data, version=version)  # the version `positions` are of
+    table = ds.take(positions, columns=[ID, *columns.names()])
+    mean = read_fixed(table, columns.mean, ds).float().to(device)
+    if columns.length is None:
+        cond, mask = F.normalize(as_tokens(read_fixed(table, columns.cond, ds)).float(), dim=-1).to(device), None
+    elif columns.long_cond:  # --caption mix: the short caption, or the long one where there is no short one
+        cond, mask = read_captions(ds, positions, take_long(table, columns, positions, seed, None), columns)
+        cond, mask = cond.float().to(device), mask.to(device)
+    else:
+        cond, mask = read_padded(table, columns.cond, columns.length, ds)
+        cond, mask = cond.float().to(device), mask.to(device)
+    folder = os.path.join(output, "samples")
+    os.makedirs(folder, exist_ok=True)
+    ids = table[ID].to_pylist()
+    with open(os.path.join(folder, "held-back.json"), "w") as f:
+        json.dump({"mode": mode, "ids": ids}, f, indent=1)
+    return HeldBack(ids, mean, cond, mask, mode, provenance, scaling, device, precision, seed, folder)

@@ -12,10 +12,9 @@ from __future__ import annotations
 import contextlib
 import copy
 import json
-import math
 import os
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict
 
 import torch
 
@@ -23,108 +22,22 @@ from lumos.floor.errors import UserError
 from lumos.floor.output_lock import output_lock
 from lumos.schemas import features
 from lumos.trainer import checkpoint as ckpt
+from lumos.trainer.config import TrainConfig, flat_record, to_toml  # noqa: F401 - TrainConfig: the API's
 from lumos.trainer.data import EpochOrder, FeatureColumns, FeatureStream, open_positions, positions_file
 from lumos.trainer.diffusion import Diffusion
 from lumos.trainer.feature_api import prepare
-from lumos.trainer.held_back import HeldBackGrid, hold_back
+from lumos.trainer.held_back import SampleGrid, hold_back, read_held_back
 from lumos.trainer.metrics import MetricsLog, keep_until
-from lumos.trainer.models import DIT_MODELS, LumosDiT, autocast
+from lumos.trainer.models import LumosDiT, autocast
 
 SCALING_FACTOR_KEY = "scaling_factor"
 PROVENANCE_IGNORED = ("versions", "images")  # a library upgrade or a moved images table is the same features
 # What a resumed run must share with its checkpoint (the data order and the model depend on them).
 RUN_DEFINING = {"i2i": ("mode", "model", "latents", "condition", "condition_tokens", "batch_size", "global_batch",
                         "seed"),
-                "t2i": ("mode", "model", "latents", "text", "caption", "batch_size", "global_batch", "seed")}
-PRECISIONS = ("fp16", "bf16", "fp32")
-DEFAULTS = {"condition_tokens": "cls", "global_batch": None}  # what a run made before a setting existed was trained with
-
-
-@dataclass
-class TrainConfig:
-    mode: str  # i2i | t2i
-    data: str
-    output: str
-    model: str = "DiT-XL/2"
-    latents: str = "sd-vae"
-    condition: str = "dino-b"  # i2i: the image encoder whose features condition the model
-    condition_tokens: str = "cls"  # i2i: cls | patch | all | top119 (stored by lumos-encode --tokens)
-    text: str = "t5-xxl"  # t2i: the text encoder
-    caption: str = "short"  # t2i: short | long (falls back to nothing: rows without one are skipped)
-    init: str | None = None  # t2i: the I2I run or checkpoint to start from
-    batch_size: int = 256  # per rank and forward pass
-    global_batch: int | None = None  # rows an optimizer step; None: batch_size × ranks (no accumulation)
-    steps: int = 65000
-    lr: float = 1.6e-4
-    warmup: int = 1000
-    weight_decay: float = 0.03
-    precision: str = "auto"  # fp16 on a GPU (the paper's), fp32 on a CPU
-    grad_clip: float = 0.01  # PixArt-α's setting
-    grad_checkpointing: bool = False
-    ema: float = 0.9999
-    cond_dropout: float = 0.1
-    save_every: int = 1000
-    keep: int = 3
-    log_every: int = 10
-    seed: int = 0
-    resume: bool = False
-    workers: int | None = None  # None: auto (4 with a GPU or more than 4 cores, else 0)
-    record_samples: bool = False
-    tensorboard: bool = False
-    sample_every: int = 0  # a grid of held-back samples every N steps (0: none, no row held back)
-    sample_rows: int = 8  # rows held back from training for those grids
-
-    def validate(self) -> None:
-        """Impossible values end in one line before anything is written, from the CLI and the Python API alike."""
-        checks = [
-            (self.mode in ("i2i", "t2i"), f"mode {self.mode!r}: expected i2i or t2i"),
-            (self.model in DIT_MODELS, f"--model {self.model}: choose from {', '.join(DIT_MODELS)}"),
-            (self.precision in (*PRECISIONS, "auto"),
-             f"--precision {self.precision}: expected fp16, bf16, fp32 or auto"),
-            (self.caption in ("short", "long"), f"--caption {self.caption}: expected short or long"),
-            (self.condition_tokens in features.TOKEN_SETS,
-             f"--condition-tokens {self.condition_tokens}: expected one of {', '.join(features.TOKEN_SETS)}"),
-            (self.mode == "i2i" or self.condition_tokens == "cls", "--condition-tokens is for i2i"),
-            (not (self.mode == "i2i" and self.init), "--init is for t2i (fine-tuning an I2I run)"),
-            (self.steps >= 1, f"--steps {self.steps}: must be >= 1"),
-            (self.batch_size >= 1, f"--batch-size {self.batch_size}: must be >= 1"),
-            (self.global_batch is None or self.global_batch >= self.batch_size,
-             f"--global-batch {self.global_batch}: must be >= --batch-size ({self.batch_size})"),
-            (_finite(self.lr) and self.lr > 0, f"--lr {self.lr}: must be > 0"),
-            (self.warmup >= 0, f"--warmup {self.warmup}: must be >= 0"),
-            (_finite(self.weight_decay) and self.weight_decay >= 0,
-             f"--weight-decay {self.weight_decay}: must be >= 0"),
-            (_finite(self.grad_clip) and self.grad_clip >= 0,
-             f"--grad-clip {self.grad_clip}: must be >= 0 (0: no clipping)"),
-            (_finite(self.ema) and 0 <= self.ema < 1, f"--ema {self.ema}: must be in [0, 1)"),
-            (_finite(self.cond_dropout) and 0 <= self.cond_dropout < 1,
-             f"--cond-dropout {self.cond_dropout}: must be in [0, 1)"),
-            (self.save_every >= 1, f"--save-every {self.save_every}: must be >= 1"),
-            (self.keep >= 1, f"--keep {self.keep}: must be >= 1"),
-            (self.log_every >= 1, f"--log-every {self.log_every}: must be >= 1"),
-            (self.seed >= 0, f"--seed {self.seed}: must be >= 0"),
-            (self.workers is None or self.workers >= 0,
-             f"--workers {self.workers}: must be >= 0 (0: load in the main process)"),
-            (self.sample_every >= 0, f"--sample-every {self.sample_every}: must be >= 0 (0: no sample grids)"),
-            (self.sample_every == 0 or self.sample_rows >= 1, f"--sample-rows {self.sample_rows}: must be >= 1"),
-        ]
-        for ok, message in checks:
-            if not ok:
-                raise UserError(message)
-
-    def fit_machine(self, cuda: bool) -> None:
-        """The `auto` settings made concrete for this machine (the run record says what was used), and what
-        the machine cannot do refused in one line."""
-        if self.precision == "auto":
-            self.precision = "fp16" if cuda else "fp32"
-        if self.precision == "fp16" and not cuda:
-            raise UserError("--precision fp16 needs a GPU; on a CPU pass --precision fp32 (or bf16, or auto)")
-        if self.workers is None:  # on 2 cores, 4 loader processes made training 2.6x slower than 0
-            self.workers = 4 if cuda or (os.cpu_count() or 1) > 4 else 0
-
-
-def _finite(value) -> bool:
-    return isinstance(value, (int, float)) and math.isfinite(value)
+                "t2i": ("mode", "model", "latents", "text", "caption", "caption_mix", "batch_size", "global_batch",
+                        "seed")}
+DEFAULTS = {"condition_tokens": "cls", "global_batch": None, "caption_mix": 0.5}  # what a run made before a setting existed was trained with
 
 
 def _process() -> tuple[int, int, torch.device]:
@@ -151,9 +64,9 @@ def _from_rank0(value, world: int):
 class Run:
     """Everything a training process holds; built once, then `train()`."""
 
-    def __init__(self, config: TrainConfig, say=print):
-        self.config = c = replace(config)  # its auto settings are made concrete below, not the caller's
-        self.say = say
+    def __init__(self, config: TrainConfig, say=print, sample_grid: SampleGrid | None = None):
+        self.config = c = copy.deepcopy(config)  # its auto settings are made concrete below, not the caller's
+        self.say, self.sample_grid_hook = say, sample_grid
         c.validate()
         self.world, self.rank, self.device = _process()
         cuda = self.device.type == "cuda"
@@ -162,47 +75,53 @@ class Run:
         import lance
 
         try:
-            meta = features.str_metadata(lance.dataset(c.data).schema.metadata)
+            meta = features.str_metadata(lance.dataset(c.data.table).schema.metadata)
         except (ValueError, OSError) as err:
-            raise UserError(f"--data {c.data} is not a Lance table: {str(err).splitlines()[0]}") from None
+            raise UserError(f"--data {c.data.table} is not a Lance table: {str(err).splitlines()[0]}") from None
         self.columns, self.provenance = columns_and_provenance(c, meta)
         c.fit_machine(cuda)
-        schema = lance.dataset(c.data).schema
+        schema = lance.dataset(c.data.table).schema
         latent_shape = features.shape_of(schema.field(self.columns.mean))  # (4, H/8, W/8)
         caption_channels = features.shape_of(schema.field(self.columns.cond))[-1]
         self.scaling = float(self.provenance["latents"].get(SCALING_FACTOR_KEY, 0.18215))
 
         self.resume_from = self._resume_point() if c.resume else None
-        if not c.resume and ckpt.list_checkpoints(c.output):
-            raise UserError(f"{c.output} already holds a run; pass --resume to continue it or pick another --output")
+        if not c.resume and ckpt.list_checkpoints(c.checkpoint.output):
+            raise UserError(f"{c.checkpoint.output} already holds a run; pass --resume to continue it or pick another --output")
         if self.resume_from:
             saved = ckpt.read_config(self.resume_from)
             _same_provenance(saved["provenance"], self.provenance, self.resume_from)
-            changed = [k for k in RUN_DEFINING[c.mode] if saved["train"].get(k, DEFAULTS.get(k)) != getattr(c, k)]
-            if _held_back(saved["train"]) != _held_back(asdict(c)):
-                changed.append(f"held-back rows ({_held_back(saved['train'])} then, {_held_back(asdict(c))} now)")
+            then, now = flat_record(saved["train"]), c.flat()
+            changed = [k for k in RUN_DEFINING[c.mode] if then.get(k, DEFAULTS.get(k)) != now[k]]
+            if _held_back(then) != _held_back(now):
+                changed.append(f"held-back rows ({_held_back(then)} then, {_held_back(now)} now)")
             if saved["world_size"] != self.world:
                 changed.append(f"world size ({saved['world_size']} processes then, {self.world} now)")
             if changed:
                 raise UserError(f"--resume: {self.resume_from} was trained with other {', '.join(changed)}; "
                                 "resume with the same settings (the data order depends on them)")
-            now = {k: v for k, v in asdict(c).items()
-                   if k not in RUN_DEFINING[c.mode] and k != "resume" and saved["train"].get(k, v) != v}
-            if now and self.rank == 0:
-                say("--resume: in force from here: " + ", ".join(f"{k.replace('_', '-')} {v} (was {saved['train'][k]})"
-                                                                  for k, v in sorted(now.items())))
+            moved = {k: v for k, v in now.items()
+                     if k not in RUN_DEFINING[c.mode] and k != "resume" and then.get(k, v) != v}
+            if moved and self.rank == 0:
+                say("--resume: in force from here: " + ", ".join(f"{k.replace('_', '-')} {v} (was {then[k]})"
+                                                                  for k, v in sorted(moved.items())))
 
         torch.manual_seed(c.seed)
-        self.model = LumosDiT(c.model, latent_shape[-1], latent_shape[0], caption_channels,
-                              c.grad_checkpointing).to(self.device)
+        self.model = LumosDiT(c.model.size, latent_shape[-1], latent_shape[0], caption_channels,
+                              c.model.grad_checkpointing).to(self.device)
         self.reinitialised: list[str] = []
-        if c.init:
-            self.reinitialised = self._load_init(c.init)
+        if c.checkpoint.init:
+            self.reinitialised = self._load_init(c.checkpoint.init)
         self.ema = copy.deepcopy(self.model).requires_grad_(False)
-        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=c.lr, weight_decay=c.weight_decay)
+        if cuda and c.model.precision != "fp32":  # TF32 for what autocast leaves in fp32: not asked for exact fp32
+            torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+        if c.model.compile:  # in place: the state dict keeps its names (checkpoints, EMA, export)
+            self.model.transformer.compile()
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=c.optim.lr, weight_decay=c.optim.weight_decay,
+                                           fused=cuda)  # one kernel for all parameters on a GPU
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer,
-                                                           lambda s: min(1.0, (s + 1) / max(c.warmup, 1)))
-        self.scaler = torch.amp.GradScaler("cuda", enabled=c.precision == "fp16")
+                                                           lambda s: min(1.0, (s + 1) / max(c.optim.warmup, 1)))
+        self.scaler = torch.amp.GradScaler("cuda", enabled=c.model.precision == "fp16")
         # Every random draw of training (latent ε, t, noise, condition dropout) comes from this generator, per
         # rank, saved in checkpoints: nothing else (DataLoader seeding, libraries) can shift a resumed run.
         self.generator = torch.Generator(self.device).manual_seed(c.seed * 1000 + self.rank + 1)
@@ -220,13 +139,13 @@ class Run:
         path, self.version, self.skipped = self._positions()
         positions = open_positions(path)
         if len(positions) == 0:
-            raise UserError(f"--data {c.data}: no row has every column this run needs "
+            raise UserError(f"--data {c.data.table}: no row has every column this run needs "
                             f"({', '.join(self.columns.names())})")
         self.held_back, self.grid, skip = None, None, None
-        if c.sample_every:
-            skip, self.held_back = hold_back(positions, c.sample_rows, c.seed)
+        if c.sampling.sample_every:
+            skip, self.held_back = hold_back(positions, c.sampling.sample_rows, c.seed)
         # a step's rows on this rank: batch_size × accumulation, in `accumulation` forward passes
-        self.order = EpochOrder(positions, c.batch_size * self.accumulation, self.world, self.rank, c.seed, skip=skip)
+        self.order = EpochOrder(positions, c.data.batch_size * self.accumulation, self.world, self.rank, c.seed, skip=skip)
         self.diffusion = Diffusion(device=self.device)
 
     # --- loading ---
@@ -235,7 +154,7 @@ class Run:
         answer = None
         if self.rank == 0:
             try:
-                answer = ckpt.pick_resume(self.config.output)
+                answer = ckpt.pick_resume(self.config.checkpoint.output)
             except UserError as err:
                 answer = str(err)
         answer = _from_rank0(answer, self.world)
@@ -252,7 +171,7 @@ class Run:
         answer = None
         if self.rank == 0:
             try:
-                answer = positions_file(self.config.data, self.columns, self.config.output)
+                answer = positions_file(self.config.data.table, self.columns, self.config.checkpoint.output)
             except UserError as err:
                 answer = str(err)
         answer = _from_rank0(answer, self.world)
@@ -261,14 +180,18 @@ class Run:
         return answer
 
     def _load_init(self, init: str) -> list[str]:
-        """T2I from I2I: every weight whose name and shape fit is loaded (the EMA weights); the rest, i.e.
-        the caption projection (768 → 4096 input) and the null token, stay freshly initialised."""
+        """T2I from I2I, or a T2I stage from the one before at a lower resolution: every weight whose name and
+        shape fit is loaded (the EMA weights); the rest stay freshly initialised and are named: from I2I, the
+        caption projection (768 → 4096 input) and the null token. The position embedding is no weight (a
+        sin-cos table of the latent size, with PixArt's interpolation scale, max(latent size / 64, 1)), so
+        a 256-px run starts a 512- or 1024-px one whole; the latents must come from the same VAE."""
         path = ckpt.latest(init)
         if path is None:
             raise UserError(f"--init {init}: no checkpoint there")
         source = ckpt.read_config(path)
-        if source["provenance"]["latents"] != self.provenance["latents"]:
-            raise UserError(f"--init {init} was trained on other latents than --data ({_differs(source['provenance']['latents'], self.provenance['latents'])})")
+        then, now = (_same_vae(p["latents"]) for p in (source["provenance"], self.provenance))
+        if then != now:
+            raise UserError(f"--init {init} was trained on other latents than --data ({_differs(then, now)})")
         weights, own = ckpt.read_weights(path, "ema"), self.model.state_dict()
         fits = {k: v for k, v in weights.items() if k in own and own[k].shape == v.shape}
         self.model.load_state_dict(fits, strict=False)
@@ -290,20 +213,20 @@ class Run:
         """The optimizer and the schedule follow this run's lr, warm-up and weight decay, not the checkpoint's
         (its state_dict brings the old ones back): the run record then says what is in force."""
         c = self.config
-        self.scheduler.base_lrs = [c.lr for _ in self.optimizer.param_groups]
+        self.scheduler.base_lrs = [c.optim.lr for _ in self.optimizer.param_groups]
         for group in self.optimizer.param_groups:
-            group["initial_lr"] = c.lr
-            group["weight_decay"] = c.weight_decay
-            group["lr"] = c.lr * self.scheduler.lr_lambdas[0](self.scheduler.last_epoch)
+            group["initial_lr"] = c.optim.lr
+            group["weight_decay"] = c.optim.weight_decay
+            group["lr"] = c.optim.lr * self.scheduler.lr_lambdas[0](self.scheduler.last_epoch)
         self.scheduler._last_lr = [g["lr"] for g in self.optimizer.param_groups]
 
     # --- the loop ---
     def loader(self):
         from torch.utils.data import DataLoader
 
-        stream = FeatureStream(self.config.data, self.columns, self.order, start=self.step,
-                               with_ids=self.config.record_samples, version=self.version)
-        workers = self.config.workers
+        stream = FeatureStream(self.config.data.table, self.columns, self.order, start=self.step,
+                               with_ids=self.config.data.record_samples, version=self.version)
+        workers = self.config.data.workers
         return iter(DataLoader(stream, batch_size=None, num_workers=workers, pin_memory=self.device.type == "cuda",
                                multiprocessing_context="spawn" if workers else None,
                                persistent_workers=False, prefetch_factor=4 if workers else None))
@@ -314,60 +237,64 @@ class Run:
         x0, cond, mask, weight = ready["x0"], ready["cond"], ready.get("mask"), ready["weight"]
         n = x0.shape[0]
         # every draw is made for the step's rows at once: accumulated passes see what one large batch would
-        drop = torch.rand(n, device=dev, generator=g) < c.cond_dropout
+        drop = torch.rand(n, device=dev, generator=g) < c.data.cond_dropout
         t = torch.randint(0, self.diffusion.steps, (n,), device=dev, generator=g)
         noise = torch.randn(x0.shape, device=dev, generator=g)
         xt = self.diffusion.q_sample(x0, t, noise)
         self.optimizer.zero_grad(set_to_none=True)
         total = weight.sum().clamp(min=1.0)  # the step's loss is the mean over all its rows, as one batch's
         loss = torch.zeros((), device=dev)
-        starts = range(0, n, c.batch_size)
+        starts = range(0, n, c.data.batch_size)
         for k, start in enumerate(starts):
-            part = slice(start, start + c.batch_size)
+            part = slice(start, start + c.data.batch_size)
             last = k == len(starts) - 1
             with contextlib.nullcontext() if last or self.ddp is self.model else self.ddp.no_sync():
-                with autocast(c.precision, dev):
+                with autocast(c.model.precision, dev):
                     eps = self.ddp(xt[part], t[part], cond[part], None if mask is None else mask[part], drop[part])
                 part_loss = (self.diffusion.per_sample_loss(eps, noise[part]) * weight[part]).sum() / total
                 self.scaler.scale(part_loss).backward()
             loss = loss + part_loss.detach()
         self.scaler.unscale_(self.optimizer)
-        if c.grad_clip > 0:  # 0: no clipping
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), c.grad_clip)
+        if c.optim.grad_clip > 0:  # 0: no clipping
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), c.optim.grad_clip)
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.scheduler.step()
         # EMA with diffusers EMAModel's warm-up: early weights (the random init) fade out in short runs too
-        decay = min(c.ema, (1 + self.step) / (10 + self.step))
-        with torch.no_grad():
-            for e, p in zip(self.ema.parameters(), self.model.parameters()):
-                e.lerp_(p, 1.0 - decay)
+        self.update_ema(min(c.optim.ema, (1 + self.step) / (10 + self.step)))
         return loss.detach()
+
+    @torch.no_grad()
+    def update_ema(self, decay: float) -> None:
+        """ema ← decay·ema + (1 − decay)·model, all parameters in one foreach call."""
+        torch._foreach_lerp_(list(self.ema.parameters()), list(self.model.parameters()), 1.0 - decay)
 
     def train(self, say=None) -> dict:
         from tqdm import tqdm
 
         c, say = self.config, say or self.say
         main = self.rank == 0
-        os.makedirs(c.output, exist_ok=True)  # every rank: each may write its own files before rank 0 is there
+        os.makedirs(c.checkpoint.output, exist_ok=True)  # every rank: each may write its own files before rank 0 is there
         if main:
-            with open(os.path.join(c.output, "config.json"), "w") as f:
+            with open(os.path.join(c.checkpoint.output, "config.json"), "w") as f:
                 json.dump(self.full_config(), f, indent=2, sort_keys=True)
+            with open(os.path.join(c.checkpoint.output, "config.toml"), "w") as f:  # the resolved recipe
+                f.write(to_toml(c))
             if self.reinitialised:
                 say(f"--init: re-initialised (no weight of the same shape in the I2I model): {', '.join(self.reinitialised)}")
-            say(f"{c.model}: {sum(p.numel() for p in self.model.parameters()) / 1e6:.2f}M parameters; "
+            say(f"{c.model.size}: {sum(p.numel() for p in self.model.parameters()) / 1e6:.2f}M parameters; "
                 f"{self.order.count} rows ({self.skipped} skipped: no {self.columns.cond if c.mode == 't2i' else 'features'}), "
                 f"{self.order.steps_per_epoch} steps an epoch on {self.world} rank(s); from step {self.step}")
-        log = MetricsLog(c.output, main, c.tensorboard, start_step=self.step)
+        log = MetricsLog(c.checkpoint.output, main, c.checkpoint.tensorboard, start_step=self.step)
         records = None
-        if c.record_samples:
-            path = os.path.join(c.output, f"samples-rank{self.rank}.jsonl")
+        if c.data.record_samples:
+            path = os.path.join(c.checkpoint.output, f"samples-rank{self.rank}.jsonl")
             keep_until(path, self.step)  # a resumed run: the killed run's steps after its checkpoint go
             records = open(path, "a")
         data = self.loader()
-        bar = tqdm(total=c.steps, initial=self.step, disable=not main, unit="step", dynamic_ncols=True)
+        bar = tqdm(total=c.optim.steps, initial=self.step, disable=not main, unit="step", dynamic_ncols=True)
         started, waited, window = time.perf_counter(), 0.0, []
-        while self.step < c.steps:
+        while self.step < c.optim.steps:
             t0 = time.perf_counter()
             batch = next(data)
             waited += time.perf_counter() - t0
@@ -378,66 +305,68 @@ class Run:
             if records:
                 records.write(json.dumps({"step": self.step, "epoch": batch["epoch"],
                                           "ids": [i for i, w in zip(batch["ids"], batch["weight"]) if w > 0]}) + "\n")
-            if self.step % c.log_every == 0 or self.step == c.steps:
+            if self.step % c.checkpoint.log_every == 0 or self.step == c.optim.steps:
                 mean_loss = torch.stack(window).mean()  # a device sync, once a log interval
                 if self.world > 1:
                     torch.distributed.all_reduce(mean_loss)
                     mean_loss /= self.world
                 elapsed = time.perf_counter() - started
                 row = {"step": self.step, "loss": float(mean_loss), "lr": self.scheduler.get_last_lr()[0],
-                       "steps_per_s": len(window) / elapsed, "samples_per_s": len(window) * c.batch_size * self.accumulation * self.world / elapsed,
+                       "steps_per_s": len(window) / elapsed, "samples_per_s": len(window) * c.data.batch_size * self.accumulation * self.world / elapsed,
                        "data_wait": waited / elapsed, "epoch": batch["epoch"]}
                 log.write(row)
                 bar.set_postfix(loss=f"{row['loss']:.4f}", sps=f"{row['samples_per_s']:.0f}",
                                 wait=f"{row['data_wait']:.0%}")
                 started, waited, window = time.perf_counter(), 0.0, []
             bar.update(1)
-            if self.step % c.save_every == 0 or self.step == c.steps:
+            if self.step % c.checkpoint.save_every == 0 or self.step == c.optim.steps:
                 self.save()
-            if main and c.sample_every and self.step % c.sample_every == 0:
-                bar.write(f"samples: {self.sample_grid()}")
+            if main and c.sampling.sample_every and self.step % c.sampling.sample_every == 0:
+                bar.write(f"samples: {self.write_grid()}")
         bar.close()
         if records:
             records.close()
         log.close()
-        return {"steps": self.step, "checkpoint": ckpt.latest(c.output) if main else None}
+        return {"steps": self.step, "checkpoint": ckpt.latest(c.checkpoint.output) if main else None}
 
     def save(self) -> None:
-        path = ckpt.staging_dir(self.config.output, self.step)
+        path = ckpt.staging_dir(self.config.checkpoint.output, self.step)
         ckpt.write_rng(path, self.rank, self.generator)
         self._barrier()
         if self.rank == 0:
             ckpt.write_main_state(path, self.model, self.ema, self.optimizer, self.scheduler, self.scaler,
                                   self.step, self.full_config())
-            ckpt.publish(self.config.output, self.step, self.config.keep)
+            ckpt.publish(self.config.checkpoint.output, self.step, self.config.checkpoint.keep)
         self._barrier()
 
-    def sample_grid(self) -> str:
-        """Rank 0: the held-back grid at this step (the VAE decoder loads the first time)."""
+    def write_grid(self) -> str:
+        """Rank 0: the held-back grid at this step, drawn by the hook (set up the first time)."""
         if self.grid is None:
-            self.grid = HeldBackGrid(self.config.data, self.columns, self.held_back, self.config.mode,
-                                     self.provenance, self.scaling, self.device, self.config.precision,
-                                     self.config.seed, self.config.output, version=self.version)
-        return self.grid.write(self.ema, self.step)
+            c = self.config
+            held = read_held_back(c.data.table, self.columns, self.held_back, self.version, mode=c.mode,
+                                  provenance=self.provenance, scaling=self.scaling, device=self.device,
+                                  precision=c.model.precision, seed=c.seed, output=c.checkpoint.output)
+            self.grid = self.sample_grid_hook(held)
+        return self.grid(self.ema, self.step)
 
     def _barrier(self) -> None:
         if self.world > 1:
             torch.distributed.barrier()
 
     def full_config(self) -> dict:
-        return {"train": asdict(self.config), "provenance": self.provenance, "world_size": self.world,
+        return {"train": self.config.sections(), "provenance": self.provenance, "world_size": self.world,
                 "columns": asdict(self.columns), "scaling_factor": self.scaling}
 
 
 def accumulation_steps(c: TrainConfig, world: int) -> int:
     """Forward passes an optimizer step takes on each rank to reach --global-batch (1: none)."""
-    if c.global_batch is None:
+    if c.data.global_batch is None:
         return 1
-    per_pass = c.batch_size * world
-    if c.global_batch % per_pass:
-        raise UserError(f"--global-batch {c.global_batch}: must be a multiple of --batch-size × ranks "
-                        f"({c.batch_size} × {world} = {per_pass})")
-    return c.global_batch // per_pass
+    per_pass = c.data.batch_size * world
+    if c.data.global_batch % per_pass:
+        raise UserError(f"--global-batch {c.data.global_batch}: must be a multiple of --batch-size × ranks "
+                        f"({c.data.batch_size} × {world} = {per_pass})")
+    return c.data.global_batch // per_pass
 
 
 def _held_back(train: dict) -> int:
@@ -446,36 +375,43 @@ def _held_back(train: dict) -> int:
 
 
 def columns_and_provenance(c: TrainConfig, meta: dict) -> tuple[FeatureColumns, dict]:
-    cond_encoder = c.condition if c.mode == "i2i" else c.text
+    cond_encoder = c.data.condition if c.mode == "i2i" else c.data.text
     provenance = {}
-    for role, encoder in (("latents", c.latents), ("condition", cond_encoder)):
+    for role, encoder in (("latents", c.data.latents), ("condition", cond_encoder)):
         record = features.provenance_of(meta, encoder)
         if record is None:
             present = sorted(k[len(features.META_ENCODER):] for k in meta if k.startswith(features.META_ENCODER))
-            raise UserError(f"--data {c.data} holds no {encoder} features (it holds: {', '.join(present) or 'none'}); "
+            raise UserError(f"--data {c.data.table} holds no {encoder} features (it holds: {', '.join(present) or 'none'}); "
                             f"run lumos-encode --encoder {encoder} first")
         provenance[role] = {k: v for k, v in record.items() if k not in PROVENANCE_IGNORED}
     if c.mode == "i2i":
         cond, length = _image_condition(c, provenance["condition"], meta), None
-    elif c.caption == "short":
+    elif c.data.caption in ("short", "mix"):
         cond, length = features.tokens_column(cond_encoder), features.len_column(cond_encoder)
     else:
         cond, length = features.long_tokens_column(cond_encoder), features.long_len_column(cond_encoder)
-    return FeatureColumns(features.mean_column(c.latents), features.std_column(c.latents), cond, length,
-                          latents_ok=features.ok_column(c.latents),
-                          cond_ok=features.ok_column(cond_encoder) if length is None else None), provenance
+    mix = dict(long_cond=features.long_tokens_column(cond_encoder), long_length=features.long_len_column(cond_encoder),
+               long_share=c.data.caption_mix) if c.mode == "t2i" and c.data.caption == "mix" else {}
+    return FeatureColumns(features.mean_column(c.data.latents), features.std_column(c.data.latents), cond, length,
+                          latents_ok=features.ok_column(c.data.latents),
+                          cond_ok=features.ok_column(cond_encoder) if length is None else None, **mix), provenance
 
 
 def _image_condition(c: TrainConfig, record: dict, meta: dict) -> str:
     """The column of the I2I condition: the CLS vector, or the token set lumos-encode --tokens stored."""
-    if c.condition_tokens == "cls":
-        return features.cls_column(c.condition)
+    if c.data.condition_tokens == "cls":
+        return features.cls_column(c.data.condition)
     stored = record.get("tokens", "cls")
-    if stored != c.condition_tokens:
-        raise UserError(f"--condition-tokens {c.condition_tokens}: the {c.condition} features of --data {c.data} "
-                        f"hold the {stored} set; run lumos-encode --encoder {c.condition} --tokens "
-                        f"{c.condition_tokens} into a features table first")
-    return features.tokens_column(c.condition)
+    if stored != c.data.condition_tokens:
+        raise UserError(f"--condition-tokens {c.data.condition_tokens}: the {c.data.condition} features of --data {c.data.table} "
+                        f"hold the {stored} set; run lumos-encode --encoder {c.data.condition} --tokens "
+                        f"{c.data.condition_tokens} into a features table first")
+    return features.tokens_column(c.data.condition)
+
+
+def _same_vae(record: dict) -> dict:
+    """A latents record less what a new resolution changes (progressive training keeps the VAE)."""
+    return {k: v for k, v in record.items() if k not in ("resolution", "shapes")}
 
 
 def _same_provenance(saved: dict, now: dict, where: str) -> None:
@@ -507,12 +443,17 @@ def _one_writer(output: str, rank: int, world: int):
         yield
 
 
-def run_training(config: TrainConfig, say=print) -> dict:
+def run_training(config: TrainConfig, say=print, sample_grid: SampleGrid | None = None) -> dict:
+    """Train `config`'s run. `sample_grid` draws the --sample-every pictures (lumos.generation's held-back grid,
+    passed in by the lumos-train command: the trainer itself never loads an encoder)."""
     config.validate()  # before the lock: an impossible option writes nothing, not even the folder
+    if config.sampling.sample_every and sample_grid is None:
+        raise UserError(f"--sample-every {config.sampling.sample_every}: no sample-grid hook was given (the lumos-train "
+                        "command passes lumos.generation's; from Python, pass sample_grid=)")
     world, rank, _ = _process()
     try:
-        with _one_writer(config.output, rank, world):
-            return Run(config, say).train()
+        with _one_writer(config.checkpoint.output, rank, world):
+            return Run(config, say, sample_grid).train()
     finally:
         if world > 1 and torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()

@@ -127,8 +127,8 @@ def test_a_job_folder_holding_only_its_lock_is_not_someone_elses(tmp_path):
 def test_export_and_the_fid_cache_write_under_the_lock(tmp_path, monkeypatch, capsys):
     import numpy as np
 
-    from lumos.trainer import fid
-    from lumos.trainer.export import export
+    from lumos.generation import fid
+    from lumos.generation.export import export
 
     busy = tmp_path / "busy"
     proc = _holder(busy)

@@ -40,7 +40,7 @@ def test_encode_then_train_from_s3(s3_bucket, ray_session, tmp_path):
     assert not [p for p in left if "_staging" in p]  # the part files went with their fragments
 
     run = tmp_path / "run"
-    run_training(TrainConfig(mode="i2i", data=out, output=str(run), model="DiT-T/2", latents="tiny-vae",
+    run_training(TrainConfig.of(mode="i2i", data=out, output=str(run), model="DiT-T/2", latents="tiny-vae",
                              condition="tiny-dino", precision="fp32", batch_size=8, steps=3, lr=1e-3, warmup=1,
                              workers=0, log_every=1, save_every=3), say=lambda *_: None)
     steps = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]

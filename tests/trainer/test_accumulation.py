@@ -14,7 +14,7 @@ TINY = dict(mode="i2i", model="DiT-T/2", latents="tiny-vae", condition="tiny-din
 
 
 def _run(data, output, **kw):
-    run_training(TrainConfig(data=data, output=str(output), steps=4, save_every=4, **TINY, **kw), say=lambda *_: None)
+    run_training(TrainConfig.of(data=data, output=str(output), steps=4, save_every=4, **TINY, **kw), say=lambda *_: None)
     losses = [json.loads(line)["loss"] for line in open(output / "metrics.jsonl")]
     path = ckpt.latest(str(output))
     return losses, ckpt.read_weights(path, "model"), ckpt.read_config(path)
@@ -23,7 +23,7 @@ def _run(data, output, **kw):
 def test_accumulated_steps_equal_the_large_batch_step(feature_table, tmp_path):
     big, big_weights, _ = _run(feature_table, tmp_path / "big", batch_size=8)
     small, small_weights, config = _run(feature_table, tmp_path / "small", batch_size=2, global_batch=8)
-    assert config["train"]["global_batch"] == 8
+    assert config["train"]["data"]["global_batch"] == 8
     assert max(abs(a - b) for a, b in zip(big, small)) < 1e-5, (big, small)
     worst = max(float((big_weights[k] - small_weights[k]).abs().max()) for k in big_weights)
     assert worst < 1e-5, worst

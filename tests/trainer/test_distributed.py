@@ -27,7 +27,7 @@ def _free_port() -> int:
 
 
 def _torchrun(data, output, steps, *extra):
-    cmd = [TORCHRUN, "--nproc_per_node", "2", "--master_addr", "127.0.0.1", "--master_port", str(_free_port()), "-m", "lumos.trainer.cli", "i2i", "--data", data,
+    cmd = [TORCHRUN, "--nproc_per_node", "2", "--master_addr", "127.0.0.1", "--master_port", str(_free_port()), "-m", "lumos.generation.train_cli", "i2i", "--data", data,
            "--output", str(output), "--steps", str(steps), *ARGS, *extra]
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=240)
     assert result.returncode == 0, result.stderr[-4000:]

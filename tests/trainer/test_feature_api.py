@@ -11,7 +11,7 @@ TINY = dict(model="DiT-T/2", latents="tiny-vae", condition="tiny-dino", text="ti
 
 
 def _trainer_batch(data, tmp_path, mode, step):
-    run = Run(TrainConfig(mode=mode, data=data, output=str(tmp_path / f"run-{mode}-{step}"), seed=3, **TINY))
+    run = Run(TrainConfig.of(mode=mode, data=data, output=str(tmp_path / f"run-{mode}-{step}"), seed=3, **TINY))
     run.step = step
     return run, next(run.loader())
 

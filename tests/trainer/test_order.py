@@ -295,14 +295,14 @@ def test_a_run_maps_the_positions_and_reads_the_version_it_started_from(tmp_path
     n = 80
     uri = _write(tmp_path / "f.lance", n)
     ids = lance.dataset(uri).to_table(columns=[ID])[ID].to_pylist()
-    config = TrainConfig(mode="i2i", data=uri, output=str(tmp_path / "run"), model="DiT-T/2", latents=VAE,
+    config = TrainConfig.of(mode="i2i", data=uri, output=str(tmp_path / "run"), model="DiT-T/2", latents=VAE,
                          condition=DINO, precision="fp32", batch_size=4, workers=1, record_samples=True,
                          sample_every=5, sample_rows=2)
     run = Run(config, say=lambda *_: None)
     expected = _expected(n, I2I)
     assert isinstance(run.order.positions, np.memmap) and run.order.positions.tolist() == expected
     assert run.skipped == n - len(expected) and run.order.count == len(expected) - 2
-    assert [f for f in os.listdir(config.output) if f.startswith(POSITIONS_PREFIX)]
+    assert [f for f in os.listdir(config.checkpoint.output) if f.startswith(POSITIONS_PREFIX)]
     lance.write_dataset(_table(n, seed=9), uri, mode="overwrite", data_storage_version=features.STORAGE_VERSION)
     data = run.loader()
     usable_ids = {ids[i] for i in expected} - {ids[i] for i in run.held_back}

@@ -20,7 +20,7 @@ STEPS = 12
 
 
 def _config(output, **kw):
-    return TrainConfig(mode="i2i", data=kw.pop("data"), output=str(output), **{**TINY, **kw})
+    return TrainConfig.of(mode="i2i", data=kw.pop("data"), output=str(output), **{**TINY, **kw})
 
 
 def _logged(run) -> list[tuple[int, float]]:
@@ -52,7 +52,7 @@ def test_truncated_weights_fall_back_to_the_previous_checkpoint(runs, tmp_path):
     size = os.path.getsize(weights)
     os.truncate(weights, size // 2)
     flags = [f"--{k.replace('_', '-')}={v}" for k, v in TINY.items()]
-    result = subprocess.run([sys.executable, "-m", "lumos.trainer.cli", "i2i", "--data", runs["data"], "--output", run,
+    result = subprocess.run([sys.executable, "-m", "lumos.generation.train_cli", "i2i", "--data", runs["data"], "--output", run,
                              *flags, f"--steps={STEPS}", "--resume"], capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     said = [line for line in result.stderr.splitlines() if "damaged" in line]

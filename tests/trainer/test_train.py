@@ -1,13 +1,16 @@
 """`lumos-train` on features made by lumos-curate → lumos-encode (tiny encoders), DiT-T/2 on CPU: the loss
 falls, checkpoints hold everything, resume is exact (after --steps k and after SIGKILL), refusals are one
-line, T2I starts from I2I, and the training process holds no encoder library."""
+line, T2I starts from I2I and a stage from a lower-resolution run (tests/trainer/test_trainer_apart.py: no
+encoder in the training process)."""
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import lance
 import pytest
@@ -17,6 +20,7 @@ from train_cases import ROWS
 from lumos.floor.errors import UserError
 from lumos.pipeline.encode_job import EncoderConfig, run_encode
 from lumos.trainer import checkpoint as ckpt
+from lumos.trainer.config import flat_record
 from lumos.trainer.train import TrainConfig, run_training
 
 TINY = dict(model="DiT-T/2", latents="tiny-vae", condition="tiny-dino", text="tiny-t5", precision="fp32",
@@ -24,7 +28,7 @@ TINY = dict(model="DiT-T/2", latents="tiny-vae", condition="tiny-dino", text="ti
 
 
 def _config(mode, data, output, **kw):
-    return TrainConfig(mode=mode, data=data, output=str(output), **{**TINY, **kw})
+    return TrainConfig.of(mode=mode, data=data, output=str(output), **{**TINY, **kw})
 
 
 def _losses(run):
@@ -33,7 +37,7 @@ def _losses(run):
 
 
 def _cli(*args, **kw):
-    return subprocess.run([sys.executable, "-m", "lumos.trainer.cli", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "lumos.generation.train_cli", *args], capture_output=True, text=True,
                           timeout=600, **kw)
 
 
@@ -82,16 +86,16 @@ def test_resume_after_steps_k_logs_the_same_losses(feature_table, tmp_path):
 
 def test_auto_precision_and_workers_fit_the_machine_and_are_recorded(feature_table, tmp_path):
     run = tmp_path / "run"
-    config = TrainConfig(mode="i2i", data=feature_table, output=str(run), model="DiT-T/2", latents="tiny-vae",
+    config = TrainConfig.of(mode="i2i", data=feature_table, output=str(run), model="DiT-T/2", latents="tiny-vae",
                          condition="tiny-dino", batch_size=4, steps=1, log_every=1)
-    assert (config.precision, config.workers) == ("auto", None)  # the defaults
+    assert (config.model.precision, config.data.workers) == ("auto", None)  # the defaults
     run_training(config, say=lambda *_: None)
     with open(run / "config.json") as f:
-        train = json.load(f)["train"]
+        train = flat_record(json.load(f)["train"])
     cuda = torch.cuda.is_available()
     assert train["precision"] == ("fp16" if cuda else "fp32")
     assert train["workers"] == (4 if cuda or os.cpu_count() > 4 else 0)
-    assert config.precision == "auto"  # the caller's config is left as given
+    assert config.model.precision == "auto"  # the caller's config is left as given
 
 
 def test_settings_changed_on_resume_are_in_force_and_said(feature_table, tmp_path):
@@ -111,14 +115,14 @@ def test_settings_changed_on_resume_are_in_force_and_said(feature_table, tmp_pat
     groups = state["optimizer"]["param_groups"]
     assert [g["weight_decay"] for g in groups] == [0.1] and [g["initial_lr"] for g in groups] == [2.5e-4]
     with open(run / "config.json") as f:
-        train = json.load(f)["train"]
+        train = flat_record(json.load(f)["train"])
     assert (train["lr"], train["warmup"], train["weight_decay"], train["grad_clip"]) == (2.5e-4, 20, 0.1, 0.5)
 
 
 def test_resume_after_sigkill_logs_the_same_losses(feature_table, tmp_path):
     whole, killed = tmp_path / "whole", tmp_path / "killed"
     run_training(_config("i2i", feature_table, whole, steps=60, save_every=20), say=lambda *_: None)
-    proc = subprocess.Popen([sys.executable, "-m", "lumos.trainer.cli",
+    proc = subprocess.Popen([sys.executable, "-m", "lumos.generation.train_cli",
                              *_flags("i2i", feature_table, killed, steps=60, save_every=20)],
                             start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 300
@@ -137,22 +141,6 @@ def test_resume_after_sigkill_logs_the_same_losses(feature_table, tmp_path):
     assert max(abs(a[s] - b[s]) for s in range(1, 61)) <= 1e-6
 
 
-def test_training_process_imports_no_encoder(feature_table, tmp_path):
-    code = f"""
-import json, sys
-from lumos.trainer.train import TrainConfig, run_training
-run_training(TrainConfig(mode="t2i", data={feature_table!r}, output={str(tmp_path / 'r')!r}, model="DiT-T/2",
-             latents="tiny-vae", text="tiny-t5", precision="fp32", batch_size=4, steps=3, workers=0),
-             say=lambda *_: None)
-print(json.dumps(sorted(m for m in sys.modules if m.split(".")[0] in ("timm", "open_clip", "transformers")
-                        or "autoencoder" in m)))
-"""
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
-    assert out.returncode == 0, out.stderr[-3000:]
-    assert json.loads(out.stdout.strip().splitlines()[-1]) == []
-    assert ckpt.list_checkpoints(str(tmp_path / "r"))
-
-
 def test_features_made_differently_are_refused_in_one_line(feature_table, tmp_path, ray_session):
     run = tmp_path / "run"
     run_training(_config("i2i", feature_table, run, steps=2), say=lambda *_: None)
@@ -166,8 +154,22 @@ def test_features_made_differently_are_refused_in_one_line(feature_table, tmp_pa
     lines = [x for x in result.stderr.splitlines() if x.strip()]
     assert result.returncode == 2 and len(lines) == 1, lines
     assert "latents features made differently" in lines[0] and "resolution" in lines[0]
-    with pytest.raises(UserError, match="--init .* was trained on other latents than --data"):
-        run_training(_config("t2i", other, tmp_path / "t2i", steps=2, init=str(run)), say=lambda *_: None)
+    # progressive resolution (issue 15, item 3): a 128-px stage starts whole from the 256-px run (the position
+    # embedding is a sin-cos table of the latent size, no weight); only the I2I → T2I parts start fresh
+    said = []
+    run_training(_config("t2i", other, tmp_path / "t2i", steps=1, init=str(run)), say=said.append)
+    reinit = [line for line in said if line.startswith("--init: re-initialised")]
+    assert reinit == ["--init: re-initialised (no weight of the same shape in the I2I model): "
+                      "null, transformer.caption_projection.linear_1.weight"], said
+    # but a run on latents of another VAE (here: other weights) is refused in one line
+    elsewhere = tmp_path / "elsewhere"
+    shutil.copytree(run, elsewhere)
+    saved = Path(ckpt.latest(str(elsewhere))) / "config.json"
+    config = json.loads(saved.read_text())
+    config["provenance"]["latents"]["weights_path"] = "/other/vae"
+    saved.write_text(json.dumps(config))
+    with pytest.raises(UserError, match="--init .* was trained on other latents than --data .*weights_path"):
+        run_training(_config("t2i", other, tmp_path / "t2i-b", steps=2, init=str(elsewhere)), say=lambda *_: None)
     for args, message in [((_flags("i2i", feature_table, run, steps=4)), "already holds a run"),
                           ((*_flags("i2i", feature_table, run, steps=4, batch_size=4), "--resume"),
                            "was trained with other batch_size"),

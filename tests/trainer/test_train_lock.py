@@ -20,7 +20,7 @@ TORCHRUN = os.path.join(os.path.dirname(sys.executable), "torchrun")
 
 
 def _train(data, output):
-    return [sys.executable, "-m", "lumos.trainer.cli", "i2i", "--data", data, "--output", str(output), *FLAGS]
+    return [sys.executable, "-m", "lumos.generation.train_cli", "i2i", "--data", data, "--output", str(output), *FLAGS]
 
 
 def _errors(stderr: str) -> list[str]:
@@ -66,7 +66,7 @@ def test_refused_torchrun_ends_in_one_line_on_every_rank(tmp_path):
         port = s.getsockname()[1]
     with output_lock(str(run), "a test holding the run"):
         result = subprocess.run([TORCHRUN, "--nproc_per_node", "2", "--master_addr", "127.0.0.1", "--master_port",
-                                 str(port), "-m", "lumos.trainer.cli", "i2i", "--data", str(tmp_path / "none.lance"),
+                                 str(port), "-m", "lumos.generation.train_cli", "i2i", "--data", str(tmp_path / "none.lance"),
                                  "--output", str(run), *FLAGS], capture_output=True, text=True, timeout=300)
         assert sorted(os.listdir(run)) == [LOCK_NAME]  # nothing written by either rank
     errors = _errors(result.stderr)

@@ -5,7 +5,8 @@ import pytest
 from typer.testing import CliRunner
 
 from lumos.floor.errors import UserError
-from lumos.trainer import cli, sample_cli
+from lumos.generation import sample_cli
+from lumos.generation import train_cli as cli
 from lumos.trainer.train import TrainConfig, run_training
 
 TRAIN_CASES = [  # (flags, what the one line says)
@@ -32,7 +33,8 @@ TRAIN_CASES = [  # (flags, what the one line says)
     (["--precision", "fp8"], "--precision fp8: expected fp16, bf16, fp32 or auto"),
     (["--workers", "many"], "--workers many: expected a number >= 0 or auto"),
     (["--model", "DiT-Q/9"], "--model DiT-Q/9: choose from"),
-    (["--caption", "medium"], "--caption medium: expected short or long"),
+    (["--caption", "medium"], "--caption medium: expected short, long or mix"),
+    (["--caption", "mix", "--caption-mix", "1.5"], "--caption-mix 1.5: must be in [0, 1]"),
 ]
 
 
@@ -55,10 +57,10 @@ def test_lumos_train_refuses_impossible_options_before_writing(tmp_path, flags, 
 
 def test_python_api_refuses_the_same_values(tmp_path):
     with pytest.raises(UserError, match=r"^--ema 1.5: must be in \[0, 1\)$"):
-        run_training(TrainConfig(mode="i2i", data=str(tmp_path / "f.lance"), output=str(tmp_path / "run"),
+        run_training(TrainConfig.of(mode="i2i", data=str(tmp_path / "f.lance"), output=str(tmp_path / "run"),
                                  precision="fp32", ema=1.5))
     with pytest.raises(UserError, match="^mode 'x2y': expected i2i or t2i$"):
-        TrainConfig(mode="x2y", data="d", output="o", precision="fp32").validate()
+        TrainConfig.of(mode="x2y", data="d", output="o", precision="fp32").validate()
     assert not (tmp_path / "run").exists()
 
 

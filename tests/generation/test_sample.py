@@ -14,8 +14,8 @@ from typer.testing import CliRunner
 
 from lumos.curation.sample import encode, synthetic_image
 from lumos.trainer import checkpoint as ckpt
-from lumos.trainer.grid import LABEL, PAD, origin
-from lumos.trainer.sample_cli import app
+from lumos.generation.grid import LABEL, PAD, origin
+from lumos.generation.sample_cli import app
 
 RESOLUTION = 256  # the tiny-vae features of the fixture
 FAST = ["--steps", "4", "--device", "cpu"]
@@ -80,6 +80,15 @@ def test_interpolate_strip_and_t2i_grid(sample_runs, tmp_path):
         assert code == 0, lines
         outputs.append((tmp_path / name).read_bytes())
     assert Image.open(tmp_path / "t1.png").size == _size(2, 2, titles=True) and outputs[0] == outputs[1]
+    # any size the VAE (8 px a latent) and the patch (2) divide: here 128 × 384 px
+    code, lines = _sample("t2i", "--checkpoint", sample_runs["t2i"], "--prompt", "a red square", "--num", "2",
+                          "--height", "128", "--width", "384", "--output", str(tmp_path / "wide.png"))
+    assert code == 0, lines
+    assert Image.open(tmp_path / "wide.png").size == (2 * (384 + PAD) + PAD, LABEL + 128 + PAD + LABEL + PAD)
+    code, lines = _sample("t2i", "--checkpoint", sample_runs["t2i"], "--prompt", "a red square", "--height", "100",
+                          "--output", str(tmp_path / "bad.png"))
+    assert code == 2 and "--height 100: must be a positive multiple of 16" in lines[-1], lines
+    assert not (tmp_path / "bad.png").exists()
 
 
 def _edited_run(source, tmp_path, edit):
@@ -117,13 +126,14 @@ def test_encoders_not_available_fail_in_one_line(sample_runs, tmp_path):
 
 def test_lumos_train_sample_every_writes_grids_of_held_back_rows(feature_table, tmp_path):
     from lumos.floor.errors import UserError
+    from lumos.generation.train_cli import held_back_grid
     from lumos.trainer.train import TrainConfig, run_training
 
     run = tmp_path / "run"
     config = dict(mode="i2i", data=feature_table, output=str(run), model="DiT-T/2", latents="tiny-vae",
                   condition="tiny-dino", precision="fp32", batch_size=8, workers=0, steps=10, sample_every=5,
                   sample_rows=2, record_samples=True)
-    run_training(TrainConfig(**config), say=lambda *_: None)
+    run_training(TrainConfig.of(**config), say=lambda *_: None, sample_grid=held_back_grid)
     assert sorted(os.listdir(run / "samples")) == ["held-back.json", "step-0000005.png", "step-0000010.png"]
     assert Image.open(run / "samples" / "step-0000010.png").size == _size(2, 5)  # reconstruction + 4 samples
     held = json.loads((run / "samples" / "held-back.json").read_text())["ids"]
@@ -147,7 +157,7 @@ def test_lumos_train_sample_every_writes_grids_of_held_back_rows(feature_table, 
     assert not np.array_equal(ours[:LABEL, :first_sample], theirs[:LABEL, :first_sample])  # "input", "recon"
     assert np.array_equal(ours[:, first_sample:], theirs[:, first_sample:])
     with pytest.raises(UserError, match="held-back rows"):  # holding back changes the data order
-        run_training(TrainConfig(**{**config, "sample_every": 0, "resume": True, "steps": 12}), say=lambda *_: None)
+        run_training(TrainConfig.of(**{**config, "sample_every": 0, "resume": True, "steps": 12}), say=lambda *_: None)
 
 
 @pytest.mark.parametrize("scheduler,tolerance", [("dpm", 1e-4), ("ddim", 0.06)])
@@ -158,7 +168,7 @@ def test_sampler_reaches_the_data_with_the_exact_noise_predictor(scheduler, tole
     import torch
 
     from lumos.trainer.diffusion import Diffusion
-    from lumos.trainer.sampler import generate
+    from lumos.generation.sampler import generate
 
     schedule = Diffusion()
     target = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(1)) * 0.5

@@ -8,6 +8,7 @@ from lumos.curation.prepare import PrepareConfig
 from lumos.curation.sample import encode, synthetic_image
 
 ROWS = 24
+LONG = list(range(0, ROWS, 3))  # the rows with a long caption (row 3 has no short one)
 
 
 def make_images(root, count=ROWS, image_size=256):
@@ -17,7 +18,10 @@ def make_images(root, count=ROWS, image_size=256):
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(encode(synthetic_image(300 + 11 * i, 280 + 5 * i, seed=i)))
         prompt = "" if i == 3 else f"picture {i}, " * (1 + i % 5)  # one row without a caption
-        lines.append(json.dumps({"img_path": f"./00{i % 2}/x{i}.jpg", "prompt": prompt}))
+        line = {"img_path": f"./00{i % 2}/x{i}.jpg", "prompt": prompt}
+        if i % 3 == 0:  # a long caption on every third row, row 3 (no short caption) among them
+            line["Task2"] = {"Caption": f"A longer description of picture {i}: " + "with more words, " * (2 + i % 4)}
+        lines.append(json.dumps(line))
     (root / "anno.jsonl").write_text("\n".join(lines) + "\n")
     run_dump_job(JourneyDBReader(str(root / "jdb"), str(root / "anno.jsonl")), str(root / "curated"),
                  PrepareConfig(min_size=64, image_size=image_size), ScoreConfig(model="tiny"), {"input": "fixture"},

@@ -9,7 +9,7 @@ named in the checkpoint's provenance, `tiny-*` test encoders included), the EMA 
 from __future__ import annotations
 
 import os
-from typing import List
+from typing import List, Optional
 
 import typer
 from rich.console import Console
@@ -40,7 +40,7 @@ def check_options(num: int, steps: int, cfg: float, scheduler: str, device: str,
     import math
     import re
 
-    from lumos.trainer.sampler import SCHEDULERS
+    from lumos.generation.sampler import SCHEDULERS
 
     if num < least:
         raise UserError(f"--num {num}: must be >= {least}" + (" (A and B)" if least == 2 else ""))
@@ -80,8 +80,8 @@ class Session:
     """A run loaded for sampling: the EMA DiT, the VAE, the condition encoder."""
 
     def __init__(self, checkpoint: str, mode: str, device: str, precision: str):
-        from lumos.trainer.run_encoders import ImageCondition, Latents, TextCondition
-        from lumos.trainer.sampler import find_checkpoint, load_trained
+        from lumos.generation.run_encoders import ImageCondition, Latents, TextCondition
+        from lumos.generation.sampler import find_checkpoint, load_trained
 
         self.device = pick_device(device)
         self.precision = pick_precision(precision, self.device)
@@ -96,16 +96,16 @@ class Session:
         else:
             self.condition = ImageCondition(provenance["condition"], self.device, config["columns"]["cond"])
         self.trained = load_trained(path, self.device)
-        err_console.print(f"{path}: {config['train']['model']} ({mode}), {self.latents.resolution}px, on "
+        err_console.print(f"{path}: {self.trained.settings['model']} ({mode}), {self.latents.resolution}px, on "
                           f"{self.device}", highlight=False)
 
-    def images(self, cond, mask, **kw):
-        """Conditions → decoded samples (P·num, R, R, 3) uint8."""
-        from lumos.trainer.sampler import generate
+    def images(self, cond, mask, latent_shape=None, **kw):
+        """Conditions → decoded samples (P·num, H, W, 3) uint8 (default: the run's own size)."""
+        from lumos.generation.sampler import generate
 
         if kw["num"] < 1:
             raise UserError("--num must be >= 1")
-        latents = generate(self.trained.model, cond, mask, latent_shape=self.trained.latent_shape,
+        latents = generate(self.trained.model, cond, mask, latent_shape=latent_shape or self.trained.latent_shape,
                            precision=self.precision, **kw)
         return self.latents.decode(latents)
 
@@ -141,7 +141,7 @@ def i2i(checkpoint: str = CHECKPOINT,
     """Variations of input images.
 
     Each row is an input (as the VAE sees it) then --num samples conditioned on its DINO features."""
-    from lumos.trainer.grid import sample_labels, save_grid
+    from lumos.generation.grid import sample_labels, save_grid
 
     def body():
         check_options(num, steps, cfg, scheduler, device, precision)
@@ -165,8 +165,8 @@ def interpolate(checkpoint: str = CHECKPOINT,
     Slerp between their DINO features, one shared noise (Figure S7)."""
     import torch
 
-    from lumos.trainer.grid import save_grid
-    from lumos.trainer.sampler import slerp
+    from lumos.generation.grid import save_grid
+    from lumos.generation.sampler import slerp
 
     def body():
         if len(image) != 2:
@@ -189,17 +189,22 @@ def interpolate(checkpoint: str = CHECKPOINT,
 def t2i(checkpoint: str = CHECKPOINT,
         prompt: List[str] = typer.Option(..., help="A prompt; repeat for more (one grid row each)."),
         num: int = NUM, steps: int = STEPS, cfg: float = CFG, scheduler: str = SCHEDULER, seed: int = SEED,
+        height: Optional[int] = typer.Option(None, help="Image height in pixels (default: the run's)."),
+        width: Optional[int] = typer.Option(None, help="Image width in pixels (default: the run's)."),
         output: str = OUTPUT, device: str = DEVICE, precision: str = PRECISION):
     """Images from text prompts.
 
-    Each row: --num samples for one prompt, encoded by the run's T5."""
-    from lumos.trainer.grid import sample_labels, save_grid
+    Each row: --num samples for one prompt, encoded by the run's T5; any --height × --width the VAE and patch
+    divide (the position embedding is a sin-cos table computed for the size)."""
+    from lumos.generation.grid import sample_labels, save_grid
 
     def body():
         check_options(num, steps, cfg, scheduler, device, precision)
         s = Session(checkpoint, "t2i", device, precision)
+        shape = s.trained.latent_shape_at(height, width)
         cond, mask = s.condition(list(prompt))
-        samples = s.images(cond, mask, num=num, steps=steps, cfg=cfg, scheduler=scheduler, seed=seed)
+        samples = s.images(cond, mask, latent_shape=shape, num=num, steps=steps, cfg=cfg, scheduler=scheduler,
+                           seed=seed)
         return save_grid([list(samples[i * num:(i + 1) * num]) for i in range(len(prompt))], output,
                          header=sample_labels(num, seed), titles=list(prompt))
 

@@ -27,7 +27,7 @@ os.environ.setdefault("LANCE_LOG", "error")
 from lumos.floor.cli_app import VERSION, new_app  # noqa: E402
 from lumos.floor.errors import UserError  # noqa: E402
 from lumos.floor.output_lock import output_lock  # noqa: E402
-from lumos.trainer.sample_cli import CFG, DEVICE, PRECISION, SCHEDULER, SEED, STEPS  # noqa: E402
+from lumos.generation.sample_cli import CFG, DEVICE, PRECISION, SCHEDULER, SEED, STEPS  # noqa: E402
 
 err_console = Console(stderr=True)
 app = new_app(__doc__, no_args_is_help=True)
@@ -79,8 +79,8 @@ def _fid(checkpoint, reference, num, a, b, inception_path, resolution, batch_siz
          device, precision, cache_dir, save_samples) -> dict:
     import numpy as np
 
-    from lumos.trainer import fid as F
-    from lumos.trainer.sample_cli import pick_device
+    from lumos.generation import fid as F
+    from lumos.generation.sample_cli import pick_device
 
     started = time.perf_counter()
     if checkpoint is None and (a is None or b is None or reference is not None):
@@ -120,8 +120,8 @@ def _fid(checkpoint, reference, num, a, b, inception_path, resolution, batch_siz
 
 
 def sampling_session(checkpoint, device, precision, resolution):
-    from lumos.trainer.sample_cli import Session
-    from lumos.trainer.sampler import find_checkpoint
+    from lumos.generation.sample_cli import Session
+    from lumos.generation.sampler import find_checkpoint
 
     _, config = find_checkpoint(checkpoint)
     session = Session(checkpoint, config["train"]["mode"], device, precision)

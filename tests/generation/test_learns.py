@@ -47,7 +47,7 @@ def photos(tmp_path_factory, ray_session):
 
 
 def _session(run):
-    from lumos.trainer.sample_cli import Session
+    from lumos.generation.sample_cli import Session
 
     return Session(run, "i2i", "cpu", "fp32")
 
@@ -62,11 +62,11 @@ def _nearest_accuracy(samples: np.ndarray, truth: np.ndarray, num: int) -> tuple
 
 
 def test_i2i_regenerates_each_photo_from_its_condition(photos, tmp_path):
-    from lumos.trainer.sampler import slerp
+    from lumos.generation.sampler import slerp
     from lumos.trainer.train import TrainConfig, run_training
 
     run = str(tmp_path / "i2i")
-    run_training(TrainConfig(mode="i2i", data=photos["all"], output=run, condition_tokens="all", steps=5000,
+    run_training(TrainConfig.of(mode="i2i", data=photos["all"], output=run, condition_tokens="all", steps=5000,
                              save_every=5000, **LEARN), say=lambda *_: None)
     s, pictures, num = _session(run), photos["pictures"], 4
     truth = np.stack([s.latents.show(p) for p in pictures])  # (8, 16, 16, 3): the photos as the run saw them
@@ -96,7 +96,7 @@ def test_i2i_regenerates_each_photo_from_its_condition(photos, tmp_path):
                                                       ("all", "all", 64), ("top119", "top119", 224)])
 def test_i2i_on_each_token_set_trains_samples_and_resumes(photos, tmp_path, tokens, stored, resolution):
     from lumos.trainer import checkpoint as ckpt
-    from lumos.trainer.sample_cli import app
+    from lumos.generation.sample_cli import app
     from lumos.trainer.train import TrainConfig, run_training
     from typer.testing import CliRunner
 
@@ -104,12 +104,12 @@ def test_i2i_on_each_token_set_trains_samples_and_resumes(photos, tmp_path, toke
                                                          resolution)
     base = dict(mode="i2i", data=data, condition_tokens=tokens, save_every=3, **{**LEARN, "log_every": 1})
     whole, parts = str(tmp_path / "whole"), str(tmp_path / "parts")
-    run_training(TrainConfig(output=whole, steps=9, **base), say=lambda *_: None)
-    run_training(TrainConfig(output=parts, steps=6, **base), say=lambda *_: None)
-    run_training(TrainConfig(output=parts, steps=9, resume=True, **base), say=lambda *_: None)
+    run_training(TrainConfig.of(output=whole, steps=9, **base), say=lambda *_: None)
+    run_training(TrainConfig.of(output=parts, steps=6, **base), say=lambda *_: None)
+    run_training(TrainConfig.of(output=parts, steps=9, resume=True, **base), say=lambda *_: None)
     assert _same_losses(whole, parts)  # the resumed run logs the uninterrupted run's losses
     config = ckpt.read_config(ckpt.latest(parts))
-    assert config["train"]["condition_tokens"] == tokens and config["provenance"]["condition"]["tokens"] == stored
+    assert config["train"]["data"]["condition_tokens"] == tokens and config["provenance"]["condition"]["tokens"] == stored
     expected = {"cls": 1, "patch": 16, "all": 17, "top119": 120}[tokens]
     assert _session(whole).condition(photos["pictures"][:2]).shape == (2, expected, 64)
     image = tmp_path / "in.jpg"
@@ -132,7 +132,7 @@ def test_a_token_set_the_features_lack_is_refused_in_one_line(photos, tmp_path):
     from lumos.trainer.train import TrainConfig, run_training
 
     with pytest.raises(UserError) as err:
-        run_training(TrainConfig(mode="i2i", data=photos["all"], output=str(tmp_path / "r"), condition_tokens="top119",
+        run_training(TrainConfig.of(mode="i2i", data=photos["all"], output=str(tmp_path / "r"), condition_tokens="top119",
                                  steps=1, **LEARN), say=lambda *_: None)
     assert "--condition-tokens top119" in str(err.value) and "hold the all set" in str(err.value)
     assert "\n" not in str(err.value) and not (tmp_path / "r" / "checkpoints").exists()
@@ -142,13 +142,13 @@ def test_a_pixels_run_on_tokens_exports_and_evaluates(photos, inception_weights,
     from safetensors.torch import load_file
     from typer.testing import CliRunner
 
-    from lumos.trainer.eval_cli import app as eval_app
-    from lumos.trainer.export import export
-    from lumos.trainer.sampler import load_trained
+    from lumos.generation.eval_cli import app as eval_app
+    from lumos.generation.export import export
+    from lumos.generation.sampler import load_trained
     from lumos.trainer.train import TrainConfig, run_training
 
     run = str(tmp_path / "run")
-    run_training(TrainConfig(mode="i2i", data=photos["all"], output=run, condition_tokens="all", steps=4, **LEARN),
+    run_training(TrainConfig.of(mode="i2i", data=photos["all"], output=run, condition_tokens="all", steps=4, **LEARN),
                  say=lambda *_: None)
     folder = export(run, str(tmp_path / "export"), say=lambda *_: None)
     assert sorted(os.listdir(folder)) == ["lumos.json", "negative.safetensors", "scheduler", "transformer"]  # no VAE

@@ -3,7 +3,7 @@ classifier-free guidance against the learned null condition.
 
 The loop is diffusers' PixArtAlphaPipeline's, step for step (noise from one CPU generator × the scheduler's
 initial sigma, [uncond, cond] in one batch, ε = u + cfg·(c − u)), so an exported run gives the same latents
-in that pipeline (tests/trainer/test_export.py).
+in that pipeline (tests/generation/test_export.py).
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import torch
 
 from lumos.floor.errors import UserError
 from lumos.trainer import checkpoint as ckpt
+from lumos.trainer.config import flat_record
 from lumos.trainer.diffusion import BETA_END, BETA_START, NUM_TIMESTEPS
 from lumos.trainer.models import LumosDiT, autocast
 
@@ -48,12 +49,35 @@ class Trained:
     path: str
 
     @property
+    def settings(self) -> dict:
+        """The run's training settings by option name (lumos-train's flags)."""
+        return flat_record(self.config["train"])
+
+    @property
     def mode(self) -> str:
         return self.config["train"]["mode"]
 
     @property
     def latent_shape(self) -> tuple[int, ...]:
         return tuple(self.config["provenance"]["latents"]["shapes"][self.config["columns"]["mean"]])
+
+    def latent_shape_at(self, height: int | None, width: int | None) -> tuple[int, ...]:
+        """The latent shape of an image of height × width pixels (None: the run's own side), which must be
+        a multiple of the VAE's downsampling × the DiT's patch."""
+        channels, h, w = self.latent_shape
+        resolution = int(self.config["provenance"]["latents"].get("resolution", h))
+        factor = max(1, resolution // h)  # pixels per latent (8 for the SD VAE, 1 for `pixels`)
+        step = factor * 2  # the DiT's patch is 2 latents
+        out = []
+        for name, value, own in (("--height", height, h), ("--width", width, w)):
+            if value is None:
+                out.append(own)
+                continue
+            if value < step or value % step:
+                raise UserError(f"{name} {value}: must be a positive multiple of {step} (the VAE's {factor} "
+                                "pixels per latent × the DiT's patch of 2)")
+            out.append(value // factor)
+        return (channels, *out)
 
     @property
     def scaling(self) -> float:
@@ -74,7 +98,7 @@ def load_trained(run_or_checkpoint: str, device: torch.device | str = "cpu") -> 
     path, config = find_checkpoint(run_or_checkpoint)
     shapes = config["provenance"]["condition"]["shapes"]
     channels, _, size = config["provenance"]["latents"]["shapes"][config["columns"]["mean"]]
-    model = LumosDiT(config["train"]["model"], size, channels, shapes[config["columns"]["cond"]][-1],
+    model = LumosDiT(flat_record(config["train"])["model"], size, channels, shapes[config["columns"]["cond"]][-1],
                      hide_transformers=False)
     model.load_state_dict(ckpt.read_weights(path, "ema"))
     return Trained(model.to(device).eval().requires_grad_(False), config, path)

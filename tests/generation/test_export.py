@@ -10,9 +10,9 @@ import torch
 from typer.testing import CliRunner
 
 from lumos.curation.sample import synthetic_image
-from lumos.trainer.export import app, load_negative
-from lumos.trainer.run_encoders import ImageCondition, TextCondition
-from lumos.trainer.sampler import generate, load_trained
+from lumos.generation.export import app, load_negative
+from lumos.generation.run_encoders import ImageCondition, TextCondition
+from lumos.generation.sampler import generate, load_trained
 
 STEPS = 5
 
@@ -23,8 +23,9 @@ def _export(run, out, *extra):
     return str(out)
 
 
-@pytest.mark.parametrize("scheduler", ["dpm", "ddim"])
-def test_t2i_export_gives_the_same_latents_in_pixart_alpha_pipeline(sample_runs, tmp_path, scheduler):
+@pytest.mark.parametrize("scheduler,wide", [("dpm", False), ("ddim", False), ("dpm", True)],
+                         ids=["dpm", "ddim", "dpm-non-square"])
+def test_t2i_export_gives_the_same_latents_in_pixart_alpha_pipeline(sample_runs, tmp_path, scheduler, wide):
     from diffusers import PixArtAlphaPipeline
 
     folder = _export(sample_runs["t2i"], tmp_path / "export", "--scheduler", scheduler)
@@ -45,17 +46,19 @@ def test_t2i_export_gives_the_same_latents_in_pixart_alpha_pipeline(sample_runs,
     embeds[:, :longest] = cond
     theirs = pipe(prompt_embeds=embeds, prompt_attention_mask=mask, negative_prompt=None,
                   negative_prompt_embeds=negative, negative_prompt_attention_mask=negative_mask,
-                  num_images_per_prompt=2, num_inference_steps=STEPS, guidance_scale=4.5, height=size, width=size,
+                  num_images_per_prompt=2, num_inference_steps=STEPS, guidance_scale=4.5, height=size,
+                  width=size * 3 // 2 if wide else size,  # non-square: the position table is made for the size
                   generator=torch.Generator("cpu").manual_seed(7), output_type="latent",
                   use_resolution_binning=False).images
 
-    ours = generate(trained.model, embeds, mask, latent_shape=trained.latent_shape, num=2, steps=STEPS, cfg=4.5,
+    shape = trained.latent_shape_at(size, size * 3 // 2 if wide else size)
+    ours = generate(trained.model, embeds, mask, latent_shape=shape, num=2, steps=STEPS, cfg=4.5,
                     scheduler=scheduler, seed=7)
-    assert theirs.shape == ours.shape == (4, *trained.latent_shape)
+    assert theirs.shape == ours.shape == (4, *shape) and shape[2] == (shape[1] * 3 // 2 if wide else shape[1])
     assert (theirs - ours).abs().max() < 1e-4, ((theirs - ours).abs().max(), ours.abs().max())
     # lumos-sample pads to the longest prompt, not to 120: the same latents up to float summation order
     # (these barely trained tiny models give latents of magnitude ~100, so the bound is relative)
-    shortest = generate(trained.model, cond, our_mask, latent_shape=trained.latent_shape, num=2, steps=STEPS,
+    shortest = generate(trained.model, cond, our_mask, latent_shape=shape, num=2, steps=STEPS,
                         cfg=4.5, scheduler=scheduler, seed=7)
     assert (shortest - ours).abs().max() <= 1e-5 * ours.abs().max()
     assert (ours[0] - ours[1]).abs().max() > 0.1  # two samples of one prompt differ: the check can fail

@@ -14,8 +14,8 @@ from scipy import linalg
 from typer.testing import CliRunner
 
 from lumos.curation.sample import encode, synthetic_image
-from lumos.trainer.eval_cli import app
-from lumos.trainer.fid import frechet_distance, statistics
+from lumos.generation.eval_cli import app
+from lumos.generation.fid import frechet_distance, statistics
 
 
 def reference_fid(x, y):
@@ -141,7 +141,7 @@ def test_features_and_distance_are_pytorch_fids(inception_weights, tmp_path):
     """The same weights file through pytorch-fid's own statistics and distance: the same numbers."""
     from pytorch_fid import fid_score
 
-    from lumos.trainer.fid import Inception, ImageSet, cached_statistics
+    from lumos.generation.fid import Inception, ImageSet, cached_statistics
 
     sets = []
     for name, seed in (("x", 0), ("y", 100)):

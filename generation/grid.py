@@ -25,17 +25,19 @@ def scale_of(side: int) -> int:
     return max(1, math.ceil(MIN_CELL / side))
 
 
-def origin(row: int, col: int, cell: int, header: bool = False, titles: bool = False) -> tuple[int, int]:
-    """(top, left) of cell (row, col) in a grid of `cell`-pixel cells (after scaling)."""
+def origin(row: int, col: int, cell: int, header: bool = False, titles: bool = False,
+           width: int | None = None) -> tuple[int, int]:
+    """(top, left) of cell (row, col) in a grid of cells `cell` pixels high and `width` (default: as high)
+    wide, after scaling."""
     top = PAD + (LABEL if header else 0) + row * (cell + PAD + (LABEL if titles else 0)) + (LABEL if titles else 0)
-    return top, PAD + col * (cell + PAD)
+    return top, PAD + col * ((cell if width is None else width) + PAD)
 
 
 def grid(rows: list[list[np.ndarray]], header: list[str] | None = None,
          titles: list[str] | None = None) -> Image.Image:
     """rows[r][c]: (H, W, 3) uint8, all the same size → one image with PAD pixels between the cells, column
     labels above the first row (`header`) and a label above each row (`titles`), cut to fit."""
-    k = scale_of(rows[0][0].shape[0])
+    k = scale_of(min(rows[0][0].shape[:2]))
     h, w = rows[0][0].shape[0] * k, rows[0][0].shape[1] * k
     cols = max(len(r) for r in rows)
     bottom, _ = origin(len(rows), 0, h, bool(header), bool(titles))
@@ -43,15 +45,15 @@ def grid(rows: list[list[np.ndarray]], header: list[str] | None = None,
     out = np.full((height, cols * (w + PAD) + PAD, 3), BACKGROUND, np.uint8)
     for i, row in enumerate(rows):
         for j, cell in enumerate(row):
-            top, left = origin(i, j, h, bool(header), bool(titles))
+            top, left = origin(i, j, h, bool(header), bool(titles), w)
             out[top:top + h, left:left + w] = cell.repeat(k, 0).repeat(k, 1) if k > 1 else cell
     image = Image.fromarray(out)
     if header or titles:
         draw, font = ImageDraw.Draw(image), ImageFont.load_default()
         for j, text in enumerate(header or []):
-            _label(draw, font, text, origin(0, j, h, True, bool(titles))[1], PAD - 1, w)
+            _label(draw, font, text, origin(0, j, h, True, bool(titles), w)[1], PAD - 1, w)
         for i, text in enumerate(titles or []):
-            top, _ = origin(i, 0, h, bool(header), True)
+            top, _ = origin(i, 0, h, bool(header), True, w)
             _label(draw, font, text, PAD, top - LABEL, image.width - 2 * PAD)
     return image
 

@@ -54,7 +54,7 @@ def load_negative(folder: str, batch: int = 1):
 
 
 def export(checkpoint: str, output: str, scheduler: str = "dpm", text_encoder: bool = True, say=print) -> str:
-    from lumos.trainer.sampler import load_trained
+    from lumos.generation.sampler import load_trained
 
     if os.path.exists(output) and not os.path.isdir(output):
         raise UserError(f"--output {output} exists and is not a folder")
@@ -77,8 +77,8 @@ def _write(trained, staging: str, scheduler: str, text_encoder: bool) -> None:
     import diffusers
     from safetensors.torch import save_file
 
-    from lumos.trainer.run_encoders import rebuild
-    from lumos.trainer.sampler import make_scheduler
+    from lumos.generation.run_encoders import rebuild
+    from lumos.generation.sampler import make_scheduler
 
     provenance = trained.config["provenance"]
     sched = make_scheduler(scheduler)
@@ -116,15 +116,15 @@ def describe(trained, scheduler: str, t2i: bool, text_encoder: bool) -> dict:
     provenance = trained.config["provenance"]
     latent = trained.latent_shape
     usage = ("pipe = PixArtAlphaPipeline.from_pretrained(DIR); embeds, mask, _, _ = pipe.encode_prompt(prompts, "
-             "do_classifier_free_guidance=False); neg, neg_mask = lumos.trainer.export.load_negative(DIR, "
+             "do_classifier_free_guidance=False); neg, neg_mask = lumos.generation.export.load_negative(DIR, "
              "len(prompts)); pipe(prompt_embeds=embeds, prompt_attention_mask=mask, negative_prompt=None, "
              "negative_prompt_embeds=neg, "
              f"negative_prompt_attention_mask=neg_mask, height={latent[-1] * 8}, width={latent[-1] * 8}, "
              "use_resolution_binning=False)") if t2i else (
              f"transformer(x, encoder_hidden_states=the L2-normalised condition tokens (N, {condition_tokens(trained)}, D): "
-             f"{trained.config['train'].get('condition_tokens', 'cls')}, timestep=t, added_cond_kwargs="
+             f"{trained.settings.get('condition_tokens', 'cls')}, timestep=t, added_cond_kwargs="
              "{'resolution': None, 'aspect_ratio': None}); unconditional: negative_prompt_embeds")
-    return {"checkpoint": trained.path, "mode": trained.mode, "model": trained.config["train"]["model"],
+    return {"checkpoint": trained.path, "mode": trained.mode, "model": trained.settings["model"],
             "scheduler": scheduler, "latent_shape": list(latent), "scaling_factor": trained.scaling,
             "vae": provenance["latents"].get("weights"), "condition": provenance["condition"].get("weights"),
             "text_encoder_included": bool(t2i and text_encoder), "provenance": provenance, "usage": usage}

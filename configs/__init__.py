@@ -1,0 +1,1 @@
+"""The paper's training stages as lumos-train recipes (`--config NAME`); read by lumos.trainer.config."""
