@@ -92,8 +92,11 @@ def _option(name: str, f) -> tuple[type, typer.models.OptionInfo]:
     kind = {"int": int, "float": float, "str": str, "int | None": int, "str | None": str}[f.type]
     if name == "workers":
         kind, default = str, "auto"
-    shown = False if default in (None, "") else str(default)
-    return Optional[kind], typer.Option(None, flag, help=help, show_default=shown)
+    if name in ("data", "output"):
+        help += "  [required]"
+    elif default not in (None, ""):
+        help += f"  [default: {default}]"
+    return Optional[kind], typer.Option(None, flag, help=help, show_default=False)
 
 
 def _command(mode: str, sample_grid):
