@@ -1,0 +1,76 @@
+"""The data order when rows come in buckets (one aspect-ratio bin each, PixArt-style): every global step takes
+its `batch × world` rows from one bucket, the same bucket on every rank, so that a step's latents share one
+shape; every row is seen once an epoch; the order is a function of (seed, epoch) alone and is computed per
+step, so resuming at step k needs only k.
+
+An epoch has S = Σ_b ceil(n_b / (batch·world)) global steps, n_b the rows of bucket b. Step s of the epoch is
+slot π(s) of a seeded bijection π on [0, S) (trainer/data.py's Feistel shuffle); slot → (bucket, chunk) by the
+buckets' cumulative step counts. So each bucket is drawn in proportion to its size, and the steps of all
+buckets are interleaved at random. Within a bucket, chunk k holds places [k·G, (k+1)·G) of a seeded bijection
+of its rows (G = batch·world); rank r takes places r, r + world, ...; a rank left with no row in a bucket's
+last chunk gets one row of that bucket with weight 0 (the ranks stay in step and the shapes agree).
+
+Memory: the positions grouped by bucket (an array or a mapped file, as the positions file) and one count per
+bucket; nothing per row is built.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from lumos.trainer.data import shuffled
+
+
+class BucketOrder:
+    """Which rows rank `rank` of `world` trains on at (epoch, step). `grouped`: the usable rows' positions,
+    bucket after bucket (each bucket's rows together, in any order); `counts[b]`: how many rows bucket b has."""
+
+    def __init__(self, grouped: np.ndarray, counts, batch_size: int, world: int = 1, rank: int = 0, seed: int = 0):
+        self.counts = np.asarray(counts, np.int64)
+        if self.counts.sum() != len(grouped):
+            raise ValueError(f"bucket counts add up to {int(self.counts.sum())}, not to the {len(grouped)} rows")
+        self.grouped, self.batch_size, self.world, self.rank, self.seed = grouped, batch_size, world, rank, seed
+        self.offsets = np.concatenate([[0], np.cumsum(self.counts)])  # where each bucket's rows start
+        per_step = batch_size * world
+        self.bucket_steps = -(-self.counts // per_step)  # ceil: a bucket's global steps an epoch
+        self.step_ends = np.cumsum(self.bucket_steps)  # slot → bucket by searchsorted
+        self.count = int(self.counts.sum())  # rows trained on an epoch
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return int(self.step_ends[-1]) if len(self.step_ends) else 0
+
+    def bucket_at(self, epoch: int, step: int) -> tuple[int, int]:
+        """(bucket, chunk within the bucket) of global step `step` of the epoch: the same on every rank."""
+        slot = int(shuffled(np.array([step]), self.steps_per_epoch, self.seed, epoch)[0])
+        bucket = int(np.searchsorted(self.step_ends, slot, side="right"))
+        return bucket, slot - int(self.step_ends[bucket] - self.bucket_steps[bucket])
+
+    def rows(self, epoch: int, step: int) -> tuple[np.ndarray, np.ndarray]:
+        """(positions, weights) of this rank's rows at this step, positions sorted (faster takes)."""
+        bucket, chunk = self.bucket_at(epoch, step)
+        n, start = int(self.counts[bucket]), int(self.offsets[bucket])
+        size = self.batch_size * self.world
+        places = np.arange(chunk * size + self.rank, min((chunk + 1) * size, n), self.world)
+        if len(places) == 0:  # this bucket's last chunk has no row for this rank: a filler of the same bucket
+            return np.asarray(self.grouped[start:start + 1], np.int64), np.zeros(1, np.float32)
+        # each bucket has its own bijection: the bucket's index is mixed into the seed
+        within = shuffled(places, n, self.seed * 1_000_003 + bucket + 1, epoch)
+        return np.sort(np.asarray(self.grouped[start + within], np.int64)), np.ones(len(places), np.float32)
+
+    def epoch_buckets(self, epoch: int) -> np.ndarray:
+        """Every step's bucket in the epoch, in order: for tests and tools (S entries; training asks per step)."""
+        slots = shuffled(np.arange(self.steps_per_epoch), self.steps_per_epoch, self.seed, epoch)
+        return np.searchsorted(self.step_ends, slots, side="right")
+
+
+def group_by_bucket(positions: np.ndarray, buckets: np.ndarray, count: int) -> tuple[np.ndarray, np.ndarray]:
+    """(positions grouped by bucket, each group in table order; rows per bucket) from the usable rows'
+    positions and their bucket ids in [0, count). In memory: for tools and tests; a run writes the grouped
+    positions to its positions file the way trainer/data.py writes the plain ones."""
+    buckets = np.asarray(buckets, np.int64)
+    if len(buckets) and (buckets.min() < 0 or buckets.max() >= count):
+        raise ValueError(f"bucket ids outside [0, {count})")
+    order = np.argsort(buckets, kind="stable")
+    return np.asarray(positions, np.int64)[order], np.bincount(buckets, minlength=count)
+
