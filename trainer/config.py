@@ -53,12 +53,14 @@ class ModelConfig:
 
 @dataclass
 class OptimConfig:
-    steps: int = option(65000, "Total optimizer steps (a resumed run goes on to it).")
-    lr: float = option(1.6e-4, "AdamW learning rate after the warm-up.")
-    warmup: int = option(1000, "Linear warm-up steps.")
-    weight_decay: float = option(0.03, "AdamW weight decay.")
-    grad_clip: float = option(0.01, "Gradient-norm clipping (0: none).")
-    ema: float = option(0.9999, "EMA decay of the sampling weights, in [0, 1).")
+    # Sources: the Lumos paper (DESIGN.md §2) where it gives a number, PixArt-α's configs where it is silent.
+    steps: int = option(65000, "Total optimizer steps (a resumed run goes on to it).")  # paper: T2I 256 px
+    lr: float = option(1.6e-4, "AdamW learning rate after the warm-up.")  # paper: constant 1.6e-4
+    warmup: int = option(1000, "Linear warm-up steps.")  # paper: 1000
+    weight_decay: float = option(0.03, "AdamW weight decay.")  # paper: 0.03
+    eps: float = option(1e-10, "AdamW epsilon.")  # PixArt-α's optimizer config (torch's default is 1e-8)
+    grad_clip: float = option(0.01, "Gradient-norm clipping (0: none).")  # PixArt-α's gradient_clip
+    ema: float = option(0.9999, "EMA decay of the sampling weights, in [0, 1).")  # PixArt-α's, DiT's ema rate
 
 
 @dataclass
@@ -142,6 +144,7 @@ class TrainConfig:
             (_finite(o.lr) and o.lr > 0, f"--lr {o.lr}: must be > 0"),
             (o.warmup >= 0, f"--warmup {o.warmup}: must be >= 0"),
             (_finite(o.weight_decay) and o.weight_decay >= 0, f"--weight-decay {o.weight_decay}: must be >= 0"),
+            (_finite(o.eps) and o.eps > 0, f"--eps {o.eps}: must be > 0"),
             (_finite(o.grad_clip) and o.grad_clip >= 0, f"--grad-clip {o.grad_clip}: must be >= 0 (0: no clipping)"),
             (_finite(o.ema) and 0 <= o.ema < 1, f"--ema {o.ema}: must be in [0, 1)"),
             (_finite(d.cond_dropout) and 0 <= d.cond_dropout < 1,

@@ -37,7 +37,8 @@ RUN_DEFINING = {"i2i": ("mode", "model", "latents", "condition", "condition_toke
                         "seed"),
                 "t2i": ("mode", "model", "latents", "text", "caption", "caption_mix", "batch_size", "global_batch",
                         "seed")}
-DEFAULTS = {"condition_tokens": "cls", "global_batch": None, "caption_mix": 0.5}  # what a run made before a setting existed was trained with
+# What a run made before a setting existed was trained with.
+DEFAULTS = {"condition_tokens": "cls", "global_batch": None, "caption_mix": 0.5, "eps": 1e-8}
 
 
 def _process() -> tuple[int, int, torch.device]:
@@ -100,6 +101,7 @@ class Run:
             if changed:
                 raise UserError(f"--resume: {self.resume_from} was trained with other {', '.join(changed)}; "
                                 "resume with the same settings (the data order depends on them)")
+            then = {**{k: v for k, v in DEFAULTS.items() if k not in then}, **then}
             moved = {k: v for k, v in now.items()
                      if k not in RUN_DEFINING[c.mode] and k != "resume" and then.get(k, v) != v}
             if moved and self.rank == 0:
@@ -118,7 +120,7 @@ class Run:
         if c.model.compile:  # in place: the state dict keeps its names (checkpoints, EMA, export)
             self.model.transformer.compile()
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=c.optim.lr, weight_decay=c.optim.weight_decay,
-                                           fused=cuda)  # one kernel for all parameters on a GPU
+                                           eps=c.optim.eps, fused=cuda)  # fused: one kernel for all parameters on a GPU
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer,
                                                            lambda s: min(1.0, (s + 1) / max(c.optim.warmup, 1)))
         self.scaler = torch.amp.GradScaler("cuda", enabled=c.model.precision == "fp16")
@@ -210,13 +212,13 @@ class Run:
         self._apply_settings()
 
     def _apply_settings(self) -> None:
-        """The optimizer and the schedule follow this run's lr, warm-up and weight decay, not the checkpoint's
-        (its state_dict brings the old ones back): the run record then says what is in force."""
+        """The optimizer and the schedule follow this run's lr, warm-up, weight decay and eps, not the
+        checkpoint's (its state_dict brings the old ones back): the run record then says what is in force."""
         c = self.config
         self.scheduler.base_lrs = [c.optim.lr for _ in self.optimizer.param_groups]
         for group in self.optimizer.param_groups:
             group["initial_lr"] = c.optim.lr
-            group["weight_decay"] = c.optim.weight_decay
+            group["weight_decay"], group["eps"] = c.optim.weight_decay, c.optim.eps
             group["lr"] = c.optim.lr * self.scheduler.lr_lambdas[0](self.scheduler.last_epoch)
         self.scheduler._last_lr = [g["lr"] for g in self.optimizer.param_groups]
 

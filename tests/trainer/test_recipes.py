@@ -33,6 +33,7 @@ def test_the_shipped_recipes_hold_the_papers_numbers_each_commented():
             (steps, lr, batch, global_batch), name
         assert settings["model"] == "DiT-XL/2" and settings["grad_checkpointing"] is True
         assert (settings["weight_decay"], settings["warmup"], settings["cond_dropout"]) == (0.03, 1000, 0.1)
+        assert (settings["eps"], settings["grad_clip"], settings["ema"]) == (1e-10, 0.01, 0.9999)  # PixArt-α's
         assert settings["mode"] == name.split("-")[0]
         text = (resources.files("lumos.configs") / f"{name}.toml").read_text()
         bare = [line for line in text.splitlines() if re.match(r"^\w+ = ", line) and "#" not in line

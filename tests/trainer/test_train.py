@@ -102,10 +102,11 @@ def test_settings_changed_on_resume_are_in_force_and_said(feature_table, tmp_pat
     run, said = tmp_path / "run", []
     run_training(_config("i2i", feature_table, run, steps=12, save_every=12), say=lambda *_: None)
     run_training(_config("i2i", feature_table, run, steps=16, save_every=4, resume=True, lr=2.5e-4, warmup=20,
-                         weight_decay=0.1, grad_clip=0.5), say=said.append)
+                         weight_decay=0.1, grad_clip=0.5, eps=1e-9), say=said.append)
     lines = [x for x in said if x.startswith("--resume")]
-    assert lines == ["--resume: in force from here: grad-clip 0.5 (was 0.01), lr 0.00025 (was 0.001), save-every 4 (was 12), "
-                     "steps 16 (was 12), warmup 20 (was 10), weight-decay 0.1 (was 0.03)"], said
+    assert lines == ["--resume: in force from here: eps 1e-09 (was 1e-10), grad-clip 0.5 (was 0.01), lr 0.00025 "
+                     "(was 0.001), save-every 4 (was 12), steps 16 (was 12), warmup 20 (was 10), weight-decay 0.1 "
+                     "(was 0.03)"], said
     with open(os.path.join(run, "metrics.jsonl")) as f:
         lrs = {r["step"]: r["lr"] for r in map(json.loads, f)}
     assert lrs[12] == pytest.approx(1e-3)  # before: warm-up of 10 steps over, the old rate
@@ -114,6 +115,7 @@ def test_settings_changed_on_resume_are_in_force_and_said(feature_table, tmp_pat
     state = ckpt.read_state(ckpt.list_checkpoints(str(run))[-1][1])
     groups = state["optimizer"]["param_groups"]
     assert [g["weight_decay"] for g in groups] == [0.1] and [g["initial_lr"] for g in groups] == [2.5e-4]
+    assert [g["eps"] for g in groups] == [1e-9]
     with open(run / "config.json") as f:
         train = flat_record(json.load(f)["train"])
     assert (train["lr"], train["warmup"], train["weight_decay"], train["grad_clip"]) == (2.5e-4, 20, 0.1, 0.5)

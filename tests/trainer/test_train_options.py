@@ -18,6 +18,7 @@ TRAIN_CASES = [  # (flags, what the one line says)
     (["--lr", "nan"], "--lr nan: must be > 0"),
     (["--warmup", "-1"], "--warmup -1: must be >= 0"),
     (["--weight-decay", "-0.1"], "--weight-decay -0.1: must be >= 0"),
+    (["--eps", "0"], "--eps 0.0: must be > 0"),
     (["--save-every", "0"], "--save-every 0: must be >= 1"),
     (["--keep", "0"], "--keep 0: must be >= 1"),
     (["--log-every", "0"], "--log-every 0: must be >= 1"),
