@@ -115,17 +115,21 @@ def condition_tokens(trained) -> int:
 def describe(trained, scheduler: str, t2i: bool, text_encoder: bool) -> dict:
     provenance = trained.config["provenance"]
     latent = trained.latent_shape
+    binned = bool(trained.bucket_shapes)  # bucketed: the pipeline bins a size as our sampler does (same table)
+    size = ("height=H, width=W, use_resolution_binning=True (a run on aspect-ratio buckets: the size is binned "
+            "to the nearest bucket, as lumos-sample t2i --height --width)") if binned else \
+        f"height={latent[-1] * 8}, width={latent[-1] * 8}, use_resolution_binning=False"
     usage = ("pipe = PixArtAlphaPipeline.from_pretrained(DIR); embeds, mask, _, _ = pipe.encode_prompt(prompts, "
              "do_classifier_free_guidance=False); neg, neg_mask = lumos.generation.export.load_negative(DIR, "
              "len(prompts)); pipe(prompt_embeds=embeds, prompt_attention_mask=mask, negative_prompt=None, "
              "negative_prompt_embeds=neg, "
-             f"negative_prompt_attention_mask=neg_mask, height={latent[-1] * 8}, width={latent[-1] * 8}, "
-             "use_resolution_binning=False)") if t2i else (
+             f"negative_prompt_attention_mask=neg_mask, {size})") if t2i else (
              f"transformer(x, encoder_hidden_states=the L2-normalised condition tokens (N, {condition_tokens(trained)}, D): "
              f"{trained.settings.get('condition_tokens', 'cls')}, timestep=t, added_cond_kwargs="
              "{'resolution': None, 'aspect_ratio': None}); unconditional: negative_prompt_embeds")
     return {"checkpoint": trained.path, "mode": trained.mode, "model": trained.settings["model"],
             "scheduler": scheduler, "latent_shape": list(latent), "scaling_factor": trained.scaling,
+            "resolution_binning": binned, "micro_conditions": trained.settings.get("micro_conditions", False),
             "vae": provenance["latents"].get("weights"), "condition": provenance["condition"].get("weights"),
             "text_encoder_included": bool(t2i and text_encoder), "provenance": provenance, "usage": usage}
 

@@ -189,19 +189,26 @@ def interpolate(checkpoint: str = CHECKPOINT,
 def t2i(checkpoint: str = CHECKPOINT,
         prompt: List[str] = typer.Option(..., help="A prompt; repeat for more (one grid row each)."),
         num: int = NUM, steps: int = STEPS, cfg: float = CFG, scheduler: str = SCHEDULER, seed: int = SEED,
-        height: Optional[int] = typer.Option(None, help="Image height in pixels (default: the run's)."),
+        height: Optional[int] = typer.Option(None, help="Image height in pixels (default: the run's). A run on "
+                                             "bucketed latents samples at the aspect-ratio bin nearest "
+                                             "--height × --width, as PixArtAlphaPipeline's resolution binning."),
         width: Optional[int] = typer.Option(None, help="Image width in pixels (default: the run's)."),
         output: str = OUTPUT, device: str = DEVICE, precision: str = PRECISION):
     """Images from text prompts.
 
     Each row: --num samples for one prompt, encoded by the run's T5; any --height × --width the VAE and patch
-    divide (the position embedding is a sin-cos table computed for the size)."""
+    divide (the position embedding is a sin-cos table computed for the size), or for a run on bucketed
+    latents the nearest bin."""
     from lumos.generation.grid import sample_labels, save_grid
 
     def body():
         check_options(num, steps, cfg, scheduler, device, precision)
         s = Session(checkpoint, "t2i", device, precision)
         shape = s.trained.latent_shape_at(height, width)
+        if s.trained.bucket_shapes and (height or width):
+            factor = s.trained.downsample
+            err_console.print(f"bucketed run: sampling at the nearest bin, {shape[1] * factor} × {shape[2] * factor} px",
+                              highlight=False)
         cond, mask = s.condition(list(prompt))
         samples = s.images(cond, mask, latent_shape=shape, num=num, steps=steps, cfg=cfg, scheduler=scheduler,
                            seed=seed)

@@ -58,15 +58,37 @@ class Trained:
         return self.config["train"]["mode"]
 
     @property
+    def bucket_shapes(self) -> list | None:
+        """Bucketed latents: every aspect-ratio bin's latent shape (None: one shape)."""
+        return self.config["columns"].get("bucket_shapes")
+
+    @property
     def latent_shape(self) -> tuple[int, ...]:
+        """The run's latent shape (bucketed runs: the square bin's)."""
+        if self.bucket_shapes:
+            return next(tuple(s) for s in self.bucket_shapes if s[1] == s[2])
         return tuple(self.config["provenance"]["latents"]["shapes"][self.config["columns"]["mean"]])
+
+    @property
+    def downsample(self) -> int:
+        """Pixels per latent cell: 8 for the SD VAE, 1 for `pixels`."""
+        h = self.latent_shape[1]
+        return max(1, int(self.config["provenance"]["latents"].get("resolution", h)) // h)
+
+    def bucket_at(self, height: int, width: int) -> int:
+        """Bucketed runs: the bin PixArtAlphaPipeline's resolution binning takes height × width to."""
+        from lumos.pipeline.aspect_buckets import bucket_of
+
+        return bucket_of(width, height, int(self.config["provenance"]["latents"]["resolution"]))
 
     def latent_shape_at(self, height: int | None, width: int | None) -> tuple[int, ...]:
         """The latent shape of an image of height × width pixels (None: the run's own side), which must be
-        a multiple of the VAE's downsampling × the DiT's patch."""
+        a multiple of the VAE's downsampling × the DiT's patch; a bucketed run samples at the bin the size
+        is nearest (as PixArtAlphaPipeline with resolution binning)."""
         channels, h, w = self.latent_shape
-        resolution = int(self.config["provenance"]["latents"].get("resolution", h))
-        factor = max(1, resolution // h)  # pixels per latent (8 for the SD VAE, 1 for `pixels`)
+        factor = self.downsample
+        if self.bucket_shapes and (height or width):
+            return tuple(self.bucket_shapes[self.bucket_at(height or h * factor, width or w * factor)])
         step = factor * 2  # the DiT's patch is 2 latents
         out = []
         for name, value, own in (("--height", height, h), ("--width", width, w)):
@@ -97,9 +119,12 @@ def load_trained(run_or_checkpoint: str, device: torch.device | str = "cpu") -> 
     """The EMA weights of a run folder's newest checkpoint (or of a checkpoint folder)."""
     path, config = find_checkpoint(run_or_checkpoint)
     shapes = config["provenance"]["condition"]["shapes"]
-    channels, _, size = config["provenance"]["latents"]["shapes"][config["columns"]["mean"]]
-    model = LumosDiT(flat_record(config["train"])["model"], size, channels, shapes[config["columns"]["cond"]][-1],
-                     hide_transformers=False)
+    described = Trained(None, config, path)
+    channels, _, size = described.latent_shape
+    settings = described.settings
+    model = LumosDiT(settings["model"], size, channels, shapes[config["columns"]["cond"]][-1],
+                     hide_transformers=False, micro_conditions=settings.get("micro_conditions", False),
+                     downsample=described.downsample)
     model.load_state_dict(ckpt.read_weights(path, "ema"))
     return Trained(model.to(device).eval().requires_grad_(False), config, path)
 

@@ -13,7 +13,7 @@ os.environ.setdefault("LANCE_LOG", "error")
 
 from lumos.floor.cli_app import VERSION, new_app  # noqa: E402
 from lumos.floor.errors import UserError  # noqa: E402
-from lumos.pipeline.encoders import ENCODERS  # noqa: E402
+from lumos.pipeline.encoders import ENCODERS, LATENT_ENCODERS  # noqa: E402
 from lumos.pipeline.options import encode_options  # noqa: E402
 
 err_console = Console(stderr=True)
@@ -26,7 +26,13 @@ def encode(
                                       f"{', '.join(ENCODERS)} (tiny-*: seeded random test models)."),
     input: str = typer.Option(..., "--input", help="The images table (images.lance from lumos-curate)."),
     output: str = typer.Option(..., "--output", help="The features table (created, or given new columns)."),
-    resolution: int = typer.Option(256, help="VAE input size: center square crop resized to this (paper: 256)."),
+    resolution: int = typer.Option(256, help="VAE input size: center square crop resized to this (paper: 256). "
+                                   "Latents at another size, or bucketed, go by a name that says so "
+                                   "(sd-vae-512, sd-vae-1024-pixart), so one table holds several."),
+    buckets: str = typer.Option("none", help="VAE / pixels latents: none (the center square) or pixart (each image "
+                                "resized and cropped to the nearest aspect-ratio bin of PixArt's table for "
+                                "--resolution, 256, 512 or 1024; per-row latent shapes and the bin in "
+                                "`{name}_bucket`; lumos-train then draws every step from one bin)."),
     batch_size: int = typer.Option(32, help="Rows per encoder forward."),
     weights: Optional[str] = typer.Option(None, help="Local weights for the (single) real encoder instead of its "
                                           "hub id: a folder (VAE, T5), a file (timm ViT, open_clip), the "
@@ -60,7 +66,8 @@ def encode(
         for name in encoder:
             if name not in ENCODERS:
                 raise UserError(f"unknown encoder {name!r}; choose from {', '.join(ENCODERS)}")
-        configs = [EncoderConfig(name, resolution, weights, precision=precision, tokens=tokens) for name in encoder]
+        configs = [EncoderConfig(name, resolution, weights, precision=precision, tokens=tokens,
+                                 buckets=buckets if name in LATENT_ENCODERS else "none") for name in encoder]
         for c in configs:
             c.build()  # an unknown name or option fails here
         stats = run_encode(input, output, configs, device, batch_size, gpus_per_actor, say=err_console.print,

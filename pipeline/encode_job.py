@@ -57,23 +57,23 @@ def run_encode(input_uri: str, output_uri: str, encoders: list[EncoderConfig], d
     with output_lock(output_uri, "lumos-encode"):  # one writer, from the first check of the output to the end
         chosen, seen = [], set()
         for config in encoders:
-            if config.name in seen:
+            if config.stored_name in seen:
                 continue
-            seen.add(config.name)
+            seen.add(config.stored_name)
             encoder = config.build()
             provenance = {**encoder.provenance(), "images": _images_provenance(images, input_uri)}
-            existing = _existing_provenance(output_uri, config.name)
+            existing = _existing_provenance(output_uri, config.stored_name)
             if existing is not None and not _same(existing, provenance):
                 then, now = _compared(existing), _compared(provenance)
                 differs = sorted(k for k in set(then) | set(now) if then.get(k) != now.get(k))
                 said = "; ".join(f"{k}: {then.get(k)!r} then, {now.get(k)!r} now" for k in differs)
-                raise UserError(f"{output_uri} already holds {config.name} features made differently ({said}); "
+                raise UserError(f"{output_uri} already holds {config.stored_name} features made differently ({said}); "
                                 "write to another --output")
             encoder.check()  # missing weights fail here, in one line, before any work starts
             chosen.append((config, encoder, provenance))
         if _nothing_to_do(images, output_uri, [e for _, e, _ in chosen]):
             for config, *_ in chosen:
-                say(f"{config.name}: already in {output_uri}, nothing to do")
+                say(f"{config.stored_name}: already in {output_uri}, nothing to do")
             return {"encoders": {}, "total_s": round(time.monotonic() - started, 3)}
         init_ray()
         if device == "cuda":
@@ -86,10 +86,10 @@ def run_encode(input_uri: str, output_uri: str, encoders: list[EncoderConfig], d
         staging = fs.join(output_uri, "_staging")
         fs.remove_tree(staging)
         ds, followed = layout.follow_images(images, input_uri, output_uri, say)
-        metadata = {features.META_ENCODER + c.name: _json(p) for c, _, p in chosen}
+        metadata = {features.META_ENCODER + c.stored_name: _json(p) for c, _, p in chosen}
         ds = layout.add_fields(output_uri, [f for _, e, _ in chosen for f in e.fields()], metadata)
         todo: dict[frozenset, list[int]] = {}  # encoders missing → fragments: one pass per distinct set
-        missing = {c.name: set(layout.missing_fragments(ds, _done_column(e))) for c, e, _ in chosen}
+        missing = {c.stored_name: set(layout.missing_fragments(ds, _done_column(e))) for c, e, _ in chosen}
         for fragment in (f.fragment_id for f in ds.get_fragments()):
             names = frozenset(n for n, frags in missing.items() if fragment in frags)
             if names:
@@ -97,15 +97,15 @@ def run_encode(input_uri: str, output_uri: str, encoders: list[EncoderConfig], d
         rows = {f.fragment_id: f.metadata.physical_rows for f in ds.get_fragments()}
         encoded: dict[str, int] = {}  # encoder → rows it encoded in this run
         for names, fragments in sorted(todo.items(), key=lambda kv: sorted(kv[0])):
-            configs = [c for c, _, _ in chosen if c.name in names]
+            configs = [c for c, _, _ in chosen if c.stored_name in names]
             rows_now = _encode_pass(input_uri, images.version, output_uri, configs, fragments, followed, rows,
                                     staging, placement, say, progress, commit_every)
             for name in names:
                 encoded[name] = encoded.get(name, 0) + rows_now
-        ran = [e for c, e, _ in chosen if any(c.name in names for names in todo)]
+        ran = [e for c, e, _ in chosen if any(c.stored_name in names for names in todo)]
         for config, *_ in chosen:
-            if config.name not in {e.name for e in ran}:
-                say(f"{config.name}: already in {output_uri}, nothing to do")
+            if config.stored_name not in {e.name for e in ran}:
+                say(f"{config.stored_name}: already in {output_uri}, nothing to do")
         fs.remove_tree(staging)
         clean_versions(output_uri)
         stats = _stats(output_uri, ran, encoded, time.monotonic() - started, say)
@@ -201,7 +201,7 @@ def _encode_pass(input_uri, images_version, output_uri, configs, fragments, foll
     import ray
     from tqdm import tqdm
 
-    names = ", ".join(c.name for c in configs)
+    names = ", ".join(c.stored_name for c in configs)
     total = sum(rows[f] for f in fragments)
     say(f"{names}: {total} rows in {len(fragments)} fragments to encode")
     version = lance.dataset(output_uri).version  # the workers' view: every data file is written against it

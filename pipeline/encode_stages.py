@@ -49,7 +49,8 @@ class Prepare(Stage):
         if image_encoders:
             decoded = decode_images(batch[cols.IMAGE].to_pylist())
             for encoder in image_encoders:
-                batch = batch.append_column(encoder.in_flight(), encoder.pixels(decoded))
+                for name, column in encoder.prepared(decoded).items():
+                    batch = batch.append_column(name, column)
         for encoder in encoders:
             if not isinstance(encoder, ImageEncoder):
                 batch = encoder.prepare(batch)

@@ -1,9 +1,11 @@
 """The features table: one row per image `id`, columns written by each frozen encoder.
 
-Column names, with `name` the encoder name with `-` → `_`:
+Column names, with `name` the encoder name with `-` → `_` (for latents, the name carries the resolution and
+the bucketing when they are not 256 px center squares: `latents_name`):
     `{name}_mean` / `{name}_std`    VAE posterior                          fixed_size_list<halffloat>
     `{name}_cls`, `{name}_tokens`   image encoders: CLS, token set          fixed_size_list<halffloat>
     `{name}_ok`                     image encoders: the row's features are there   bool
+    `{name}_bucket`                 bucketed latents: the row's aspect-ratio bin    int16
     `{name}_tokens` / `{name}_len`  text encoders: the valid tokens only    large_list<halffloat> (len × D), int32
     `{name}_long_tokens` / `{name}_long_len`   the same for the long caption
 
@@ -12,7 +14,8 @@ find out): `{name}_ok` is true where the image encoded, false where it did not (
 is > 0 where tokens are stored, 0 where the encoder's output was not finite (nothing stored), null where the
 row has no such caption. Every column is null in a fragment the encoder has not reached yet.
 Fixed-size tensors are `fixed_size_list<halffloat>`, which `lance.torch` reads outside Ray; each field's
-metadata holds its shape (-1: the length varies by row). The table metadata holds one provenance record per
+metadata holds its shape (-1: the length varies by row). Bucketed latents are `large_list<halffloat>` of
+the row's bucket's shape, (C, -1, -1) in the field, the shapes by bucket in the provenance record. The table metadata holds one provenance record per
 encoder. There is one row per image id; a row an encoder could not encode (an image that does not decode,
 no caption) holds nulls in that encoder's columns.
 """
@@ -43,6 +46,21 @@ META_ENCODER = "lumos.encoder."  # + encoder name: its provenance record (JSON)
 META_LAYOUT = "lumos.layout"
 
 
+# lumos-encode --buckets: how latents are cut. none: the center square at --resolution; pixart: each image to the
+# nearest aspect-ratio bin of PixArt's table for --resolution (pipeline/aspect_buckets.py), per-row shapes.
+BUCKETINGS = ("none", "pixart")
+BASE_RESOLUTION = 256  # the paper's first stage: latents at this side keep the encoder's bare name
+
+
+def latents_name(encoder: str, resolution: int, buckets: str = "none") -> str:
+    """The name a latent encoder's features go by in a table (their columns' prefix, their provenance key):
+    the encoder's name at 256 px center squares, else with the resolution and the bucketing, so that one
+    table holds the same VAE at several: sd-vae, sd-vae-512, sd-vae-1024-pixart."""
+    if resolution == BASE_RESOLUTION and buckets == "none":
+        return encoder
+    return f"{encoder}-{resolution}" + ("" if buckets == "none" else f"-{buckets}")
+
+
 def prefix(encoder: str) -> str:
     return encoder.replace("-", "_")
 
@@ -61,6 +79,11 @@ def cls_column(encoder: str) -> str:
 
 def tokens_column(encoder: str) -> str:
     return f"{prefix(encoder)}_tokens"
+
+
+def bucket_column(encoder: str) -> str:
+    """Bucketed latents: the row's aspect-ratio bin (an index into the provenance record's `bucket_shapes`)."""
+    return f"{prefix(encoder)}_bucket"
 
 
 def ok_column(encoder: str) -> str:
@@ -105,6 +128,15 @@ def token_list_field(name: str, dim: int) -> pa.Field:
     return pa.field(name, pa.large_list(pa.float16()), metadata={FIELD_SHAPE: json.dumps([-1, dim])})
 
 
+def varying_tensor_field(name: str, channels: int) -> pa.Field:
+    """A tensor whose shape varies by row ((channels, h, w) of the row's bucket), flattened: large_list<halffloat>."""
+    return pa.field(name, pa.large_list(pa.float16()), metadata={FIELD_SHAPE: json.dumps([channels, -1, -1])})
+
+
+def bucket_field(name: str) -> pa.Field:
+    return pa.field(name, pa.int16(), metadata={FIELD_SHAPE: json.dumps([])})
+
+
 def ok_field(name: str) -> pa.Field:
     return pa.field(name, pa.bool_(), metadata={FIELD_SHAPE: json.dumps([])})
 
@@ -129,6 +161,6 @@ def provenance_of(metadata: dict | None, encoder: str) -> dict | None:
     return json.loads(raw) if raw else None
 
 
-__all__ = ["ID", "SHARD", "ROW", "PART_ROWS", "PART_PATH", "META_LAYOUT", "prefix", "mean_column", "std_column", "cls_column", "tokens_column",
+__all__ = ["BUCKETINGS", "latents_name", "bucket_column", "varying_tensor_field", "bucket_field", "ID", "SHARD", "ROW", "PART_ROWS", "PART_PATH", "META_LAYOUT", "prefix", "mean_column", "std_column", "cls_column", "tokens_column",
            "len_column", "ok_column", "ok_field", "long_tokens_column", "long_len_column", "token_ids_column", "token_count_column", "pixels_column", "tensor_field",
            "token_list_field", "length_field", "shape_of", "str_metadata", "provenance_of"]

@@ -16,7 +16,7 @@ export NO_ALBUMENTATIONS_UPDATE=1 LANCE_LOG=error
 # DiT-T/2 learns to regenerate each photo from its condition (a small model memorising 8 photos: the mechanism,
 # not the quality of the real recipe, DiT-XL/2 on 190M images), then T2I fine-tuning from it on the captions.
 rm -rf demo-out/i2i demo-out/t2i
-TINY=(--model DiT-T/2 --latents pixels --precision fp32 --batch-size 8 --lr 1e-3 --warmup 10 --ema 0.999
+TINY=(--model DiT-T/2 --latents pixels-16 --precision fp32 --batch-size 8 --lr 1e-3 --warmup 10 --ema 0.999
       --grad-clip 1 --weight-decay 0 --workers 0 --log-every 100)
 .venv/bin/lumos-train i2i --data demo-out/features.lance --output demo-out/i2i --condition tiny-dino \
   --condition-tokens all --steps 5000 --save-every 5000 "${TINY[@]}"

@@ -11,12 +11,17 @@ ROWS = 24
 LONG = list(range(0, ROWS, 3))  # the rows with a long caption (row 3 has no short one)
 
 
-def make_images(root, count=ROWS, image_size=256):
+# Four aspect ratios (square, 2:1, 1:2, 4:3): rows that land in different PixArt buckets
+ASPECTS = [(300, 300), (520, 260), (260, 520), (400, 300)]
+
+
+def make_images(root, count=ROWS, image_size=256, aspects=False):
     lines = []
     for i in range(count):
         path = root / "jdb" / f"00{i % 2}" / f"x{i}.jpg"
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(encode(synthetic_image(300 + 11 * i, 280 + 5 * i, seed=i)))
+        size = ASPECTS[i % len(ASPECTS)] if aspects else (300 + 11 * i, 280 + 5 * i)
+        path.write_bytes(encode(synthetic_image(*size, seed=i)))
         prompt = "" if i == 3 else f"picture {i}, " * (1 + i % 5)  # one row without a caption
         line = {"img_path": f"./00{i % 2}/x{i}.jpg", "prompt": prompt}
         if i % 3 == 0:  # a long caption on every third row, row 3 (no short caption) among them

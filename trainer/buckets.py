@@ -10,31 +10,49 @@ buckets are interleaved at random. Within a bucket, chunk k holds places [k·G, 
 of its rows (G = batch·world); rank r takes places r, r + world, ...; a rank left with no row in a bucket's
 last chunk gets one row of that bucket with weight 0 (the ranks stay in step and the shapes agree).
 
-Memory: the positions grouped by bucket (an array or a mapped file, as the positions file) and one count per
-bucket; nothing per row is built.
+Memory: the positions grouped by bucket (an array or a mapped file, as the positions file: written by
+`write_grouped_positions` in two scans of the bucket column) and one count per bucket; nothing per row is built.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from lumos.trainer.data import shuffled
+from lumos.trainer.data import mapped_state, shuffled, unmapped_state
 
 
 class BucketOrder:
     """Which rows rank `rank` of `world` trains on at (epoch, step). `grouped`: the usable rows' positions,
     bucket after bucket (each bucket's rows together, in any order); `counts[b]`: how many rows bucket b has."""
 
-    def __init__(self, grouped: np.ndarray, counts, batch_size: int, world: int = 1, rank: int = 0, seed: int = 0):
-        self.counts = np.asarray(counts, np.int64)
-        if self.counts.sum() != len(grouped):
-            raise ValueError(f"bucket counts add up to {int(self.counts.sum())}, not to the {len(grouped)} rows")
+    def __init__(self, grouped: np.ndarray, counts, batch_size: int, world: int = 1, rank: int = 0, seed: int = 0,
+                 skip: np.ndarray | None = None):
+        counts = np.asarray(counts, np.int64)
+        if counts.sum() != len(grouped):
+            raise ValueError(f"bucket counts add up to {int(counts.sum())}, not to the {len(grouped)} rows")
         self.grouped, self.batch_size, self.world, self.rank, self.seed = grouped, batch_size, world, rank, seed
-        self.offsets = np.concatenate([[0], np.cumsum(self.counts)])  # where each bucket's rows start
+        # `skip`: sorted indices into `grouped` of rows not to train on (the held-back rows); the kept rows of
+        # bucket b are kept indices [offsets[b], offsets[b + 1]), mapped back to `grouped` as EpochOrder does
+        self.skip = np.zeros(0, np.int64) if skip is None else np.asarray(skip, np.int64)
+        self._before = self.skip - np.arange(len(self.skip))
+        ends = np.cumsum(counts)
+        self.counts = counts - np.bincount(np.searchsorted(ends, self.skip, side="right"), minlength=len(counts))
+        self.offsets = np.concatenate([[0], np.cumsum(self.counts)])  # where each bucket's kept rows start
         per_step = batch_size * world
         self.bucket_steps = -(-self.counts // per_step)  # ceil: a bucket's global steps an epoch
         self.step_ends = np.cumsum(self.bucket_steps)  # slot → bucket by searchsorted
         self.count = int(self.counts.sum())  # rows trained on an epoch
+
+    def __getstate__(self):  # sent to spawned DataLoader workers: a mapped positions file by its path
+        return mapped_state(self.__dict__, "grouped")
+
+    def __setstate__(self, state):
+        self.__dict__.update(unmapped_state(state, "grouped"))
+
+    def _grouped_at(self, kept: np.ndarray) -> np.ndarray:
+        if len(self.skip):
+            kept = kept + np.searchsorted(self._before, kept, side="right")
+        return np.asarray(self.grouped[kept], np.int64)
 
     @property
     def steps_per_epoch(self) -> int:
@@ -53,10 +71,10 @@ class BucketOrder:
         size = self.batch_size * self.world
         places = np.arange(chunk * size + self.rank, min((chunk + 1) * size, n), self.world)
         if len(places) == 0:  # this bucket's last chunk has no row for this rank: a filler of the same bucket
-            return np.asarray(self.grouped[start:start + 1], np.int64), np.zeros(1, np.float32)
+            return self._grouped_at(np.array([start])), np.zeros(1, np.float32)
         # each bucket has its own bijection: the bucket's index is mixed into the seed
         within = shuffled(places, n, self.seed * 1_000_003 + bucket + 1, epoch)
-        return np.sort(np.asarray(self.grouped[start + within], np.int64)), np.ones(len(places), np.float32)
+        return np.sort(self._grouped_at(start + within)), np.ones(len(places), np.float32)
 
     def epoch_buckets(self, epoch: int) -> np.ndarray:
         """Every step's bucket in the epoch, in order: for tests and tools (S entries; training asks per step)."""
@@ -73,4 +91,45 @@ def group_by_bucket(positions: np.ndarray, buckets: np.ndarray, count: int) -> t
         raise ValueError(f"bucket ids outside [0, {count})")
     order = np.argsort(buckets, kind="stable")
     return np.asarray(positions, np.int64)[order], np.bincount(buckets, minlength=count)
+
+
+def write_grouped_positions(ds, bits: np.ndarray, column: str, count: int, path: str, chunk: int = 1 << 22) -> np.ndarray:
+    """The usable rows' positions grouped by bucket (each group in table order) as a .npy file at `path`, from
+    the usable-rows bitmap and the table's bucket column, in two scans of that small column: the first counts
+    the rows of each bucket, the second writes each row at its bucket's cursor in the mapped file. Memory:
+    one chunk of rows and one count per bucket, whatever the table holds. Returns the counts."""
+    import os
+
+    def usable_buckets():
+        start = 0
+        for batch in ds.to_batches(columns=[column], scan_in_order=True, batch_size=chunk):
+            n = batch.num_rows
+            ok = _bits(bits, start, n)
+            values = batch.column(0).to_numpy(zero_copy_only=False)
+            yield start + np.flatnonzero(ok), values[ok].astype(np.int64)
+            start += n
+
+    counts = np.zeros(count, np.int64)
+    for _, b in usable_buckets():
+        counts += np.bincount(b, minlength=count)
+    tmp = f"{path}.tmp-{os.getpid()}"
+    out = np.lib.format.open_memmap(tmp, mode="w+", dtype="<i8", shape=(int(counts.sum()),))
+    cursor = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    for positions, b in usable_buckets():
+        order = np.argsort(b, kind="stable")
+        grouped_b, grouped_p = b[order], positions[order]
+        first = np.searchsorted(grouped_b, np.arange(count))
+        rank_in = np.arange(len(grouped_b)) - first[grouped_b]
+        out[cursor[grouped_b] + rank_in] = grouped_p
+        cursor += np.bincount(b, minlength=count)
+    out.flush()
+    del out
+    os.replace(tmp, path)
+    return counts
+
+
+def _bits(bits: np.ndarray, start: int, n: int) -> np.ndarray:
+    """Rows [start, start + n) of a packed usable-rows bitmap, as booleans."""
+    first, last = start // 8, (start + n + 7) // 8
+    return np.unpackbits(bits[first:last])[start - first * 8:start - first * 8 + n].astype(bool)
 

@@ -49,6 +49,9 @@ class ModelConfig:
     precision: str = option("auto", "auto (fp16 on a GPU, fp32 on a CPU), fp16, bf16, fp32.")
     grad_checkpointing: bool = option(False, "Recompute activations: less memory, ~30% slower.")
     compile: bool = option(False, "torch.compile the DiT (GPUs: faster after a warm-up).")
+    # PixArt-α's multi-scale 1024 px stage: size and aspect-ratio embeddings added to the timestep's
+    micro_conditions: bool = option(False, "Condition on each step's image size and aspect ratio (PixArt's "
+                                    "micro-conditions, for multi-aspect buckets).")
 
 
 @dataclass

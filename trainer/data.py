@@ -58,6 +58,9 @@ class FeatureColumns:
     long_cond: str | None = None
     long_length: str | None = None
     long_share: float = 0.0
+    # bucketed latents (lumos-encode --buckets): each row's bin, and every bin's latent shape (C, h, w)
+    bucket: str | None = None
+    bucket_shapes: tuple | None = None
 
     def __post_init__(self):
         if self.latents_ok is None:
@@ -67,9 +70,10 @@ class FeatureColumns:
 
     def names(self) -> list[str]:
         """The columns a batch reads (under --caption mix, the tokens are read per row apart: `load`)."""
+        latents = [self.mean, self.std] + ([self.bucket] if self.bucket else [])
         if self.long_cond:
-            return [self.mean, self.std, self.length, self.long_length]
-        return [self.mean, self.std, self.cond] + ([self.length] if self.length else [])
+            return [*latents, self.length, self.long_length]
+        return [*latents, self.cond] + ([self.length] if self.length else [])
 
     def usable(self) -> list[str]:
         """The small columns that tell whether a row is usable (under mix: either caption will do)."""
@@ -169,14 +173,28 @@ def positions_file(uri: str, columns: FeatureColumns, folder: str, version: int 
     path = os.path.join(folder, name)
     try:
         count = len(open_positions(path))
+        if columns.bucket:
+            np.load(counts_path(path))
     except (OSError, ValueError):  # absent (or, against all odds, unreadable): computed now
         os.makedirs(folder, exist_ok=True)
-        _write_positions(_usable_bits(ds, columns)[0], path)
+        if columns.bucket:  # grouped by bucket, with the rows per bucket beside
+            from lumos.trainer.buckets import write_grouped_positions
+
+            counts = write_grouped_positions(ds, _usable_bits(ds, columns)[0], columns.bucket,
+                                             len(columns.bucket_shapes), path)
+            np.save(counts_path(path), counts)
+        else:
+            _write_positions(_usable_bits(ds, columns)[0], path)
         count = len(open_positions(path))
         for other in os.listdir(folder):
-            if other.startswith(POSITIONS_PREFIX) and other != name:
+            if other.startswith(POSITIONS_PREFIX) and other not in (name, os.path.basename(counts_path(path))):
                 os.remove(os.path.join(folder, other))
     return path, ds.version, ds.count_rows() - count
+
+
+def counts_path(path: str) -> str:
+    """Bucketed runs: the rows per bucket of a positions file grouped by bucket, beside it."""
+    return path[:-len(".npy")] + ".counts.npy"
 
 
 def open_positions(path: str) -> np.ndarray:
@@ -230,6 +248,20 @@ def shuffled(indices: np.ndarray, n: int, seed: int, epoch: int) -> np.ndarray:
     return x.astype(np.int64)
 
 
+def mapped_state(state: dict, key: str) -> dict:
+    """An order's state for a spawned worker: its positions, when the whole mapped positions file, by path."""
+    state, p = dict(state), state[key]
+    if isinstance(p, np.memmap) and isinstance(p.base, mmap.mmap):  # the whole file, as np.load mapped it
+        state[key] = ("file", p.filename)
+    return state
+
+
+def unmapped_state(state: dict, key: str) -> dict:
+    if isinstance(state[key], tuple):
+        state = {**state, key: open_positions(state[key][1])}
+    return state
+
+
 class EpochOrder:
     """Which rows rank `rank` of `world` trains on at (epoch, step): `positions` (an array, or the mapped
     positions file) less `skip`, sorted indices into it of rows not to train on (the held-back rows)."""
@@ -242,16 +274,10 @@ class EpochOrder:
         self.count = len(positions) - len(self.skip)  # rows trained on an epoch
 
     def __getstate__(self):  # sent to spawned DataLoader workers: a mapped file by its path, not its rows
-        state = dict(self.__dict__)
-        p = self.positions
-        if isinstance(p, np.memmap) and isinstance(p.base, mmap.mmap):  # the whole file, as np.load mapped it
-            state["positions"] = ("file", p.filename)
-        return state
+        return mapped_state(self.__dict__, "positions")
 
     def __setstate__(self, state):
-        if isinstance(state["positions"], tuple):
-            state["positions"] = open_positions(state["positions"][1])
-        self.__dict__.update(state)
+        self.__dict__.update(unmapped_state(state, "positions"))
 
     @property
     def steps_per_epoch(self) -> int:
@@ -308,7 +334,8 @@ class FeatureStream(IterableDataset):
         positions, weight = self.order.rows(epoch, in_epoch)
         table = ds.take(positions, columns=[ID, *self.columns.names()] if self.with_ids else self.columns.names())
         batch = {"step": step, "epoch": epoch, "weight": torch.from_numpy(weight),
-                 "mean": read_fixed(table, self.columns.mean, ds), "std": read_fixed(table, self.columns.std, ds)}
+                 "mean": read_latents(table, self.columns.mean, self.columns, ds),
+                 "std": read_latents(table, self.columns.std, self.columns, ds)}
         if self.with_ids:
             batch["ids"] = table[ID].to_pylist()
         if self.columns.length is None:  # image features: a CLS vector (one token) or a fixed token set
@@ -356,6 +383,19 @@ def read_fixed(table, name: str, ds) -> torch.Tensor:
     with warnings.catch_warnings():  # read-only Arrow memory, wrapped without a copy: the trainer only reads it
         warnings.simplefilter("ignore", UserWarning)
         return torch.from_numpy(values.reshape(table.num_rows, *shape))  # fp16
+
+
+def read_latents(table, name: str, columns: FeatureColumns, ds) -> torch.Tensor:
+    """A latents column as (N, C, h, w) fp16: fixed-size, or bucketed (every row of a batch from one bucket)."""
+    if not columns.bucket:
+        return read_fixed(table, name, ds)
+    buckets = np.unique(table[columns.bucket].to_numpy(zero_copy_only=False))
+    if len(buckets) != 1:
+        raise ValueError(f"a batch of bucketed latents spans buckets {buckets.tolist()}")
+    values = table[name].combine_chunks().flatten().to_numpy(zero_copy_only=False)
+    with warnings.catch_warnings():  # read-only Arrow memory, wrapped without a copy
+        warnings.simplefilter("ignore", UserWarning)
+        return torch.from_numpy(values.reshape(table.num_rows, *columns.bucket_shapes[int(buckets[0])]))
 
 
 def as_tokens(cond: torch.Tensor) -> torch.Tensor:

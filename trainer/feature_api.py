@@ -23,11 +23,13 @@ import hashlib
 import os
 import tempfile
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, IterableDataset
 
-from lumos.trainer.data import EpochOrder, FeatureStream, open_positions, positions_file
+from lumos.trainer.buckets import BucketOrder
+from lumos.trainer.data import EpochOrder, FeatureStream, counts_path, open_positions, positions_file
 
 
 def prepare(batch: dict, scaling: float, mode: str, generator: torch.Generator, device=None) -> dict:
@@ -87,7 +89,8 @@ def feature_loader(data: str, mode: str = "i2i", latents: str = "sd-vae", condit
     folder = cache or os.path.join(tempfile.gettempdir(), "lumos-positions")
     os.makedirs(folder, exist_ok=True)
     path, version, _ = positions_file(data, columns, folder)
-    order = EpochOrder(open_positions(path), batch_size, world, rank, seed)
+    order = EpochOrder(open_positions(path), batch_size, world, rank, seed) if not columns.bucket else \
+        BucketOrder(open_positions(path), np.load(counts_path(path)), batch_size, world, rank, seed)
     start = epoch * order.steps_per_epoch if step is None else step
     stream = FeatureStream(data, columns, order, start=start, version=version)
     ready = ReadyBatches(stream, float(provenance["latents"].get(SCALING_FACTOR_KEY, 0.18215)), mode, seed, rank)

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 
 from lumos.floor.errors import UserError
 from lumos.schemas.images import ID
-from lumos.trainer.data import FeatureColumns, as_tokens, read_captions, read_fixed, read_padded, take_long
+from lumos.trainer.data import FeatureColumns, as_tokens, read_captions, read_fixed, read_latents, read_padded, take_long
 
 
 def hold_back(positions: np.ndarray, count: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -61,7 +61,7 @@ def read_held_back(data: str, columns: FeatureColumns, positions: np.ndarray, ve
 
     ds = lance.dataset(data, version=version)  # the version `positions` are of
     table = ds.take(positions, columns=[ID, *columns.names()])
-    mean = read_fixed(table, columns.mean, ds).float().to(device)
+    mean = read_latents(table, columns.mean, columns, ds).float().to(device)
     if columns.length is None:
         cond, mask = F.normalize(as_tokens(read_fixed(table, columns.cond, ds)).float(), dim=-1).to(device), None
     elif columns.long_cond:  # --caption mix: the short caption, or the long one where there is no short one

@@ -59,14 +59,18 @@ def pixart_transformer_class(hide_transformers: bool = True):
 
 class LumosDiT(nn.Module):
     def __init__(self, size: str, latent_size: int, latent_channels: int, caption_channels: int,
-                 grad_checkpointing: bool = False, hide_transformers: bool = True):
+                 grad_checkpointing: bool = False, hide_transformers: bool = True, micro_conditions: bool = False,
+                 downsample: int = 8):
         super().__init__()
         s = DIT_MODELS[size]
+        # micro-conditions: the image's size in pixels (latent cells × `downsample`) and its aspect ratio, as
+        # PixArtAlphaPipeline gives them, computed from each batch's latent shape
+        self.micro_conditions, self.downsample = micro_conditions, downsample
         self.transformer = pixart_transformer_class(hide_transformers)(
             num_layers=s.depth, attention_head_dim=s.hidden // s.heads, num_attention_heads=s.heads,
             in_channels=latent_channels, out_channels=latent_channels,  # ε only: the loss is ε-MSE
             sample_size=latent_size, patch_size=s.patch, caption_channels=caption_channels,
-            cross_attention_dim=s.hidden, norm_type="ada_norm_single", use_additional_conditions=False)
+            cross_attention_dim=s.hidden, norm_type="ada_norm_single", use_additional_conditions=micro_conditions)
         # The unconditional input: one learned token (PixArt's y_embedding is initialised the same way).
         self.null = nn.Parameter(torch.randn(caption_channels) / caption_channels ** 0.5)
         if grad_checkpointing:
@@ -87,7 +91,15 @@ class LumosDiT(nn.Module):
         if drop is not None:  # inside forward, so that DDP sees the null token used
             cond, mask = self.drop(cond, mask, drop)
         return self.transformer(x, encoder_hidden_states=cond, timestep=t, encoder_attention_mask=mask,
-                                added_cond_kwargs={"resolution": None, "aspect_ratio": None}, return_dict=False)[0]
+                                added_cond_kwargs=self.added_conditions(x), return_dict=False)[0]
+
+    def added_conditions(self, x: torch.Tensor) -> dict:
+        if not self.micro_conditions:
+            return {"resolution": None, "aspect_ratio": None}
+        n, (h, w) = x.shape[0], x.shape[-2:]
+        size = torch.tensor([[h * self.downsample, w * self.downsample]], dtype=x.dtype, device=x.device)
+        ratio = torch.tensor([[h / w]], dtype=x.dtype, device=x.device)
+        return {"resolution": size.expand(n, 2), "aspect_ratio": ratio.expand(n, 1)}
 
 
 def parameter_count(module: nn.Module) -> int:

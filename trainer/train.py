@@ -16,6 +16,7 @@ import os
 import time
 from dataclasses import asdict
 
+import numpy as np
 import torch
 
 from lumos.floor.errors import UserError
@@ -23,7 +24,8 @@ from lumos.floor.output_lock import output_lock
 from lumos.schemas import features
 from lumos.trainer import checkpoint as ckpt
 from lumos.trainer.config import TrainConfig, flat_record, to_toml  # noqa: F401 - TrainConfig: the API's
-from lumos.trainer.data import EpochOrder, FeatureColumns, FeatureStream, open_positions, positions_file
+from lumos.trainer.buckets import BucketOrder
+from lumos.trainer.data import EpochOrder, FeatureColumns, FeatureStream, counts_path, open_positions, positions_file
 from lumos.trainer.diffusion import Diffusion
 from lumos.trainer.feature_api import prepare
 from lumos.trainer.held_back import SampleGrid, hold_back, read_held_back
@@ -34,11 +36,12 @@ SCALING_FACTOR_KEY = "scaling_factor"
 PROVENANCE_IGNORED = ("versions", "images")  # a library upgrade or a moved images table is the same features
 # What a resumed run must share with its checkpoint (the data order and the model depend on them).
 RUN_DEFINING = {"i2i": ("mode", "model", "latents", "condition", "condition_tokens", "batch_size", "global_batch",
-                        "seed"),
+                        "micro_conditions", "seed"),
                 "t2i": ("mode", "model", "latents", "text", "caption", "caption_mix", "batch_size", "global_batch",
-                        "seed")}
+                        "micro_conditions", "seed")}
 # What a run made before a setting existed was trained with.
-DEFAULTS = {"condition_tokens": "cls", "global_batch": None, "caption_mix": 0.5, "eps": 1e-8}
+DEFAULTS = {"condition_tokens": "cls", "global_batch": None, "caption_mix": 0.5, "eps": 1e-8,
+            "micro_conditions": False}
 
 
 def _process() -> tuple[int, int, torch.device]:
@@ -82,7 +85,7 @@ class Run:
         self.columns, self.provenance = columns_and_provenance(c, meta)
         c.fit_machine(cuda)
         schema = lance.dataset(c.data.table).schema
-        latent_shape = features.shape_of(schema.field(self.columns.mean))  # (4, H/8, W/8)
+        latent_shape = base_latent_shape(self.columns, schema)  # (4, H/8, W/8)
         caption_channels = features.shape_of(schema.field(self.columns.cond))[-1]
         self.scaling = float(self.provenance["latents"].get(SCALING_FACTOR_KEY, 0.18215))
 
@@ -110,7 +113,8 @@ class Run:
 
         torch.manual_seed(c.seed)
         self.model = LumosDiT(c.model.size, latent_shape[-1], latent_shape[0], caption_channels,
-                              c.model.grad_checkpointing).to(self.device)
+                              c.model.grad_checkpointing, micro_conditions=c.model.micro_conditions,
+                              downsample=int(self.provenance["latents"]["resolution"]) // latent_shape[-1]).to(self.device)
         self.reinitialised: list[str] = []
         if c.checkpoint.init:
             self.reinitialised = self._load_init(c.checkpoint.init)
@@ -144,10 +148,15 @@ class Run:
             raise UserError(f"--data {c.data.table}: no row has every column this run needs "
                             f"({', '.join(self.columns.names())})")
         self.held_back, self.grid, skip = None, None, None
-        if c.sampling.sample_every:
-            skip, self.held_back = hold_back(positions, c.sampling.sample_rows, c.seed)
+        counts = np.load(counts_path(path)) if self.columns.bucket else None
+        if c.sampling.sample_every:  # bucketed: from the largest bucket (one grid, one latent shape)
+            start, end = (0, len(positions)) if counts is None else bucket_range(counts, int(np.argmax(counts)))
+            skip, self.held_back = hold_back(positions[start:end], c.sampling.sample_rows, c.seed)
+            skip = skip + start
         # a step's rows on this rank: batch_size × accumulation, in `accumulation` forward passes
-        self.order = EpochOrder(positions, c.data.batch_size * self.accumulation, self.world, self.rank, c.seed, skip=skip)
+        per_rank = c.data.batch_size * self.accumulation
+        self.order = EpochOrder(positions, per_rank, self.world, self.rank, c.seed, skip=skip) if counts is None \
+            else BucketOrder(positions, counts, per_rank, self.world, self.rank, c.seed, skip=skip)
         self.diffusion = Diffusion(device=self.device)
 
     # --- loading ---
@@ -394,9 +403,27 @@ def columns_and_provenance(c: TrainConfig, meta: dict) -> tuple[FeatureColumns, 
         cond, length = features.long_tokens_column(cond_encoder), features.long_len_column(cond_encoder)
     mix = dict(long_cond=features.long_tokens_column(cond_encoder), long_length=features.long_len_column(cond_encoder),
                long_share=c.data.caption_mix) if c.mode == "t2i" and c.data.caption == "mix" else {}
+    shapes = provenance["latents"].get("bucket_shapes")
+    buckets = dict(bucket=features.bucket_column(c.data.latents), bucket_shapes=tuple(tuple(s) for s in shapes)) \
+        if shapes else {}
     return FeatureColumns(features.mean_column(c.data.latents), features.std_column(c.data.latents), cond, length,
                           latents_ok=features.ok_column(c.data.latents),
-                          cond_ok=features.ok_column(cond_encoder) if length is None else None, **mix), provenance
+                          cond_ok=features.ok_column(cond_encoder) if length is None else None, **mix, **buckets), \
+        provenance
+
+
+def base_latent_shape(columns: FeatureColumns, schema) -> tuple[int, ...]:
+    """The latents' shape, or for bucketed latents the square bin's: the model's base size (its position
+    embedding's scale; other bins are interpolated to, as PixArt's multi-aspect training does)."""
+    if columns.bucket_shapes:
+        return next(tuple(s) for s in columns.bucket_shapes if s[1] == s[2])
+    return features.shape_of(schema.field(columns.mean))
+
+
+def bucket_range(counts: np.ndarray, bucket: int) -> tuple[int, int]:
+    """Where bucket `bucket`'s rows lie in a positions file grouped by bucket."""
+    start = int(np.sum(counts[:bucket]))
+    return start, start + int(counts[bucket])
 
 
 def _image_condition(c: TrainConfig, record: dict, meta: dict) -> str:
@@ -412,8 +439,8 @@ def _image_condition(c: TrainConfig, record: dict, meta: dict) -> str:
 
 
 def _same_vae(record: dict) -> dict:
-    """A latents record less what a new resolution changes (progressive training keeps the VAE)."""
-    return {k: v for k, v in record.items() if k not in ("resolution", "shapes")}
+    """A latents record less what a new resolution or bucketing changes (progressive training keeps the VAE)."""
+    return {k: v for k, v in record.items() if k not in ("resolution", "shapes", "crop", "buckets", "bucket_shapes")}
 
 
 def _same_provenance(saved: dict, now: dict, where: str) -> None:

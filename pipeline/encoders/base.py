@@ -35,6 +35,7 @@ class Encoder:
     weights: str | None = None  # local path overriding the hub id
     random_weights: bool = False
     precision: str = "fp32"  # compute dtype; the stored features are fp16 either way
+    family: str | None = None  # the registry name, where `name` (the features' name) says more: sd-vae-512
     model: object = field(default=None, init=False, repr=False)
     device: str = field(default="cpu", init=False, repr=False)
 
@@ -94,7 +95,7 @@ class Encoder:
 
     def provenance(self) -> dict:
         return {
-            "encoder": self.name,
+            "encoder": self.family or self.name,
             **self.describe(),
             "weights_path": self.weights,
             "random_weights": self.random_weights,
@@ -153,10 +154,17 @@ class ImageEncoder(Encoder):
         offsets = pa.array(np.concatenate([[0], np.cumsum([len(a) for a in flat])]).astype(np.int32))
         return pa.ListArray.from_arrays(offsets, values, mask=pa.array([a is None for a in arrays]))
 
+    def prepared(self, images: list[Image.Image | None]) -> dict[str, pa.Array]:
+        """Decoded images → this encoder's in-flight columns (its pixels; bucketed latents add the bucket)."""
+        return {self.in_flight(): self.pixels(images)}
+
     def prepare(self, batch: pa.Table) -> pa.Table:
         """Decode and preprocess for this encoder alone (the encode job decodes once for all: decode_images)."""
-        pixels = self.pixels(decode_images(batch[cols.IMAGE].to_pylist()))
-        return batch.drop_columns([cols.IMAGE]).append_column(self.in_flight(), pixels)
+        prepared = self.prepared(decode_images(batch[cols.IMAGE].to_pylist()))
+        batch = batch.drop_columns([cols.IMAGE])
+        for name, column in prepared.items():
+            batch = batch.append_column(name, column)
+        return batch
 
     def encode_images(self, images: list[Image.Image]) -> dict[str, np.ndarray]:
         """In-process, for samplers and evaluation: images → {column: (N, ...) fp16}, preprocessed and

@@ -9,10 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-import pyarrow as pa
-from PIL import Image
 
-from lumos.pipeline.encoders.base import ImageEncoder, square_pixels
+from lumos.pipeline.encoders.latents import LatentEncoder
 from lumos.schemas import features
 
 SCALING_FACTOR = 1.0
@@ -32,20 +30,9 @@ class _Identity:
 
 
 @dataclass
-class PixelEncoder(ImageEncoder):
-    resolution: int = 32
-
-    @property
-    def input_size(self) -> int:
-        return self.resolution
-
-    def payload_fields(self) -> list[pa.Field]:
-        shape = (3, self.resolution, self.resolution)
-        return [features.tensor_field(features.mean_column(self.name), shape),
-                features.tensor_field(features.std_column(self.name), shape)]
-
-    def preprocess(self, image: Image.Image) -> np.ndarray:
-        return square_pixels(image, self.resolution)
+class PixelEncoder(LatentEncoder):
+    channels = 3
+    downsample = 1
 
     def build(self):
         return _Identity()
@@ -62,5 +49,5 @@ class PixelEncoder(ImageEncoder):
         return latents
 
     def describe(self) -> dict:
-        return {"weights": "none (the pixels themselves)", "resolution": self.resolution, "crop": "center square",
+        return {"weights": "none (the pixels themselves)", "resolution": self.resolution, **self.cut(),
                 "resize": "bicubic", "normalisation": "[-1, 1]", "scaling_factor": SCALING_FACTOR}

@@ -6,11 +6,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-import pyarrow as pa
-from PIL import Image
 
 from lumos.floor.model_loading import quiet_loading
-from lumos.pipeline.encoders.base import ImageEncoder, missing_weights, square_pixels
+from lumos.pipeline.encoders.base import missing_weights
+from lumos.pipeline.encoders.latents import LatentEncoder
 from lumos.schemas import features
 
 SCALING_FACTOR = 0.18215
@@ -25,21 +24,8 @@ TINY_VAE_CONFIG = {**SD_VAE_CONFIG, "layers_per_block": 1, "block_out_channels":
 
 
 @dataclass
-class VaeEncoder(ImageEncoder):
+class VaeEncoder(LatentEncoder):
     hub_id: str | None = None  # None: the seeded tiny test model
-    resolution: int = 256
-
-    @property
-    def input_size(self) -> int:
-        return self.resolution
-
-    def payload_fields(self) -> list[pa.Field]:
-        shape = (4, self.resolution // 8, self.resolution // 8)
-        return [features.tensor_field(features.mean_column(self.name), shape),
-                features.tensor_field(features.std_column(self.name), shape)]
-
-    def preprocess(self, image: Image.Image) -> np.ndarray:
-        return square_pixels(image, self.resolution)  # [-1, 1], as the SD VAE was trained
 
     def build(self):
         import torch
@@ -63,10 +49,10 @@ class VaeEncoder(ImageEncoder):
                 features.std_column(self.name): dist.std.half().flatten(1).cpu().numpy()}
 
     def decode(self, latents):
-        """Unscaled latents (N, 4, R/8, R/8) → images (N, 3, R, R) in about [-1, 1]."""
+        """Unscaled latents (N, 4, h/8, w/8) → images (N, 3, h, w) in about [-1, 1]."""
         return self.model.decode(latents).sample
 
     def describe(self) -> dict:
         return {"weights": self.hub_id or "tiny-vae (seeded random test model)", "resolution": self.resolution,
-                "crop": "center square", "resize": "bicubic", "normalisation": "[-1, 1]",
+                **self.cut(), "resize": "bicubic", "normalisation": "[-1, 1]",
                 "scaling_factor": SCALING_FACTOR}

@@ -121,9 +121,9 @@ def test_filter_deletes_in_place_counts_per_reason_and_encode_follows(tmp_path, 
         run_encode(path, earlier, [EncoderConfig("tiny-dino", resolution=64)], batch_size=4, say=_quiet)
     out = str(tmp_path / "features.lance")
     run_encode(path, out, [EncoderConfig("tiny-vae", resolution=64)], batch_size=4, say=_quiet)
-    table = lance.dataset(out).to_table(columns=[cols.ID, features.ok_column("tiny-vae")])
+    table = lance.dataset(out).to_table(columns=[cols.ID, features.ok_column("tiny-vae-64")])
     assert sorted(table[cols.ID].to_pylist()) == sorted(cols.make_id("test", k) for k in KEPT)
-    assert all(table[features.ok_column("tiny-vae")].to_pylist())
+    assert all(table[features.ok_column("tiny-vae-64")].to_pylist())
 
 
 def test_each_filter_alone_and_a_later_stricter_run(tmp_path):

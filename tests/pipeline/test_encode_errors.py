@@ -5,11 +5,13 @@ import subprocess
 import sys
 import time
 
+import lance
 import pytest
 from test_encode_resume import _images
 
 from lumos.floor.errors import UserError
 from lumos.pipeline.encode_job import EncoderConfig, run_encode
+from lumos.schemas import features
 
 
 def _encode(*args, env=None):
@@ -65,9 +67,27 @@ def test_a_gpu_stage_on_a_cluster_without_gpus_is_refused(ray_session):
 def test_features_made_differently_are_refused(tmp_path, ray_session):
     images = _images(str(tmp_path / "images.lance"), count=4)
     out = str(tmp_path / "f.lance")
-    run_encode(images, out, [EncoderConfig("tiny-vae", resolution=64)], say=lambda *_: None)
-    with pytest.raises(UserError, match="already holds tiny-vae features made differently .*resolution"):
-        run_encode(images, out, [EncoderConfig("tiny-vae", resolution=128)], say=lambda *_: None)
+    run_encode(images, out, [EncoderConfig("tiny-dino", resolution=64)], say=lambda *_: None)
+    with pytest.raises(UserError, match="already holds tiny-dino features made differently .*resolution"):
+        run_encode(images, out, [EncoderConfig("tiny-dino", resolution=128)], say=lambda *_: None)
+
+
+def test_one_table_holds_the_same_vae_at_several_resolutions_and_bucketings(tmp_path, ray_session):
+    images = _images(str(tmp_path / "images.lance"), count=4)
+    out = str(tmp_path / "f.lance")
+    configs = [EncoderConfig("tiny-vae"), EncoderConfig("tiny-vae", resolution=64),
+               EncoderConfig("tiny-vae", resolution=256, buckets="pixart")]
+    for config in configs:  # one command each, into the same table: nothing refused, nothing overwritten
+        run_encode(images, out, [config], say=lambda *_: None)
+    schema = lance.dataset(out).schema
+    assert [c.stored_name for c in configs] == ["tiny-vae", "tiny-vae-64", "tiny-vae-256-pixart"]
+    assert [features.shape_of(schema.field(f"{p}_mean")) for p in ("tiny_vae", "tiny_vae_64", "tiny_vae_256_pixart")] \
+        == [(4, 32, 32), (4, 8, 8), (4, -1, -1)]
+    assert lance.dataset(out).count_rows(filter="tiny_vae_ok AND tiny_vae_64_ok AND tiny_vae_256_pixart_ok") == 4
+    with pytest.raises(UserError, match="--buckets pixart: PixArt has bins for 256, 512 and 1024 px, not 64"):
+        EncoderConfig("tiny-vae", resolution=64, buckets="pixart").build()
+    with pytest.raises(UserError, match="--buckets pixart: tiny-dino is no latent encoder"):
+        EncoderConfig("tiny-dino", buckets="pixart").build()
 
 
 @pytest.mark.parametrize("args, fragment", [

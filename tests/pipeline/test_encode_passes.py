@@ -66,7 +66,7 @@ def test_two_image_encoders_decode_each_image_once(tmp_path, ray_session):
                say=lambda *_: None)  # the second encoder apart (in process: nothing to count)
     one = lance.dataset(str(tmp_path / "one.lance")).to_table().sort_by(cols.ID)
     two = lance.dataset(str(tmp_path / "two.lance")).to_table().sort_by(cols.ID)
-    for name in (features.mean_column("tiny-vae"), features.cls_column("tiny-dino")):
+    for name in (features.mean_column("tiny-vae-64"), features.cls_column("tiny-dino")):
         assert one[name].equals(two[name])  # each encoder's own preprocessing from the shared decode
 
 
@@ -91,17 +91,17 @@ def test_a_grown_images_table_gets_only_its_new_fragments_encoded(tmp_path, ray_
     _append(images, 16, 8)  # a source appended: two new fragments
     said.clear()
     stats = run_encode(images, out, [EncoderConfig("tiny-vae", resolution=64)], batch_size=4, say=said.append)
-    assert "tiny-vae: 8 rows in 2 fragments to encode" in said
-    assert stats["encoders"]["tiny-vae"]["encoded_now"] == 8 and stats["encoders"]["tiny-vae"]["rows"] == 24
+    assert "tiny-vae-64: 8 rows in 2 fragments to encode" in said
+    assert stats["encoders"]["tiny-vae-64"]["encoded_now"] == 8 and stats["encoders"]["tiny-vae-64"]["rows"] == 24
     ds = lance.dataset(out)
     after = {f.fragment_id: [(d.path, d.file_size_bytes) for d in f.metadata.files] for f in ds.get_fragments()}
     assert {k: after[k] for k in before} == before and len(after) == 6  # old fragments untouched
-    table = ds.to_table(columns=[cols.ID, features.ok_column("tiny-vae")]).sort_by(cols.ID)
+    table = ds.to_table(columns=[cols.ID, features.ok_column("tiny-vae-64")]).sort_by(cols.ID)
     assert table[cols.ID].to_pylist() == [f"id{i:03d}" for i in range(24)]  # every id once
-    assert all(table[features.ok_column("tiny-vae")].to_pylist())
+    assert all(table[features.ok_column("tiny-vae-64")].to_pylist())
 
     reference = str(tmp_path / "reference.lance")  # the same rows encoded in one go
     run_encode(images, reference, [EncoderConfig("tiny-vae", resolution=64)], batch_size=4, say=lambda *_: None)
     got = ds.to_table().sort_by(cols.ID)
     want = lance.dataset(reference).to_table().sort_by(cols.ID)
-    assert got[features.mean_column("tiny-vae")].equals(want[features.mean_column("tiny-vae")])
+    assert got[features.mean_column("tiny-vae-64")].equals(want[features.mean_column("tiny-vae-64")])

@@ -22,13 +22,13 @@ def test_encode_then_train_from_s3(s3_bucket, ray_session, tmp_path):
     out = f"{prefix}/features.lance"
     encoders = [EncoderConfig("tiny-vae", resolution=64), EncoderConfig("tiny-dino", resolution=64)]
     stats = run_encode(images, out, encoders, batch_size=4, say=lambda *_: None)
-    assert stats["encoders"]["tiny-vae"]["rows"] == 24
+    assert stats["encoders"]["tiny-vae-64"]["rows"] == 24
 
     local = str(tmp_path / "local.lance")
     run_encode(images, local, encoders, batch_size=4, say=lambda *_: None)
     got = lance.dataset(out).to_table().sort_by(cols.ID)
     want = lance.dataset(local).to_table().sort_by(cols.ID)
-    names = [features.mean_column("tiny-vae"), features.std_column("tiny-vae"), features.cls_column("tiny-dino")]
+    names = [features.mean_column("tiny-vae-64"), features.std_column("tiny-vae-64"), features.cls_column("tiny-dino")]
     assert got[cols.ID].equals(want[cols.ID]) and got.num_rows == 24
     for name in names:
         assert got[name].equals(want[name])
@@ -40,7 +40,7 @@ def test_encode_then_train_from_s3(s3_bucket, ray_session, tmp_path):
     assert not [p for p in left if "_staging" in p]  # the part files went with their fragments
 
     run = tmp_path / "run"
-    run_training(TrainConfig.of(mode="i2i", data=out, output=str(run), model="DiT-T/2", latents="tiny-vae",
+    run_training(TrainConfig.of(mode="i2i", data=out, output=str(run), model="DiT-T/2", latents="tiny-vae-64",
                              condition="tiny-dino", precision="fp32", batch_size=8, steps=3, lr=1e-3, warmup=1,
                              workers=0, log_every=1, save_every=3), say=lambda *_: None)
     steps = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]

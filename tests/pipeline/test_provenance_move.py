@@ -22,7 +22,7 @@ VAE = [EncoderConfig("tiny-vae", resolution=64)]
 
 
 def _provenance(out: str) -> dict:
-    return features.provenance_of(features.str_metadata(lance.dataset(out).schema.metadata), "tiny-vae")
+    return features.provenance_of(features.str_metadata(lance.dataset(out).schema.metadata), "tiny-vae-64")
 
 
 def test_a_copied_pair_of_tables_is_the_same_and_follows_new_rows(tmp_path, ray_session):
@@ -40,7 +40,7 @@ def test_a_copied_pair_of_tables_is_the_same_and_follows_new_rows(tmp_path, ray_
     shutil.rmtree(first)  # a move: the old path is gone
     said = []
     result = run_encode(str(moved / "images.lance"), str(moved / "features.lance"), VAE, say=said.append)
-    assert result["encoders"] == {} and said == [f"tiny-vae: already in {moved / 'features.lance'}, nothing to do"]
+    assert result["encoders"] == {} and said == [f"tiny-vae-64: already in {moved / 'features.lance'}, nothing to do"]
 
     schema = cols.images_schema({"job": {"source": "test"}}, unique_ids=True)  # its new id is not written
     rows = [{cols.ID: f"new{i}", cols.SOURCE: "test", cols.KEY: f"n{i}", cols.ORIGINAL_WIDTH: 96,
@@ -52,7 +52,7 @@ def test_a_copied_pair_of_tables_is_the_same_and_follows_new_rows(tmp_path, ray_
     assert cols.table_id_of(grown.schema) == table_id  # an append keeps the table's metadata
     said = []
     result = run_encode(str(moved / "images.lance"), str(moved / "features.lance"), VAE, say=said.append)
-    assert result["encoders"]["tiny-vae"]["encoded_now"] == 2 and lance.dataset(str(moved / "features.lance")).count_rows() == 10
+    assert result["encoders"]["tiny-vae-64"]["encoded_now"] == 2 and lance.dataset(str(moved / "features.lance")).count_rows() == 10
     assert _provenance(str(moved / "features.lance"))["images"] == {
         "table_id": table_id, "path": str(moved / "images.lance"), "version": grown.version}
 
@@ -64,7 +64,7 @@ def test_a_table_made_anew_at_the_same_path_is_refused_with_both_ids(tmp_path, r
     shutil.rmtree(path)
     new = cols.table_id_of(lance.dataset(_images(path, count=4)).schema)
     assert new != old
-    with pytest.raises(UserError, match=r"already holds tiny-vae features made differently \(images: "
+    with pytest.raises(UserError, match=r"already holds tiny-vae-64 features made differently \(images: "
                                         rf"\{{'table_id': '{old}'\}} then, \{{'table_id': '{new}'\}} now\)"):
         run_encode(path, out, VAE, say=lambda *_: None)
 
@@ -79,10 +79,10 @@ def test_a_table_without_an_id_is_named_by_its_path(tmp_path, ray_session):
     assert set(_provenance(out)["images"]) == {"path", "version"}
     made = _provenance(out)
     lance.dataset(out).update_schema_metadata(  # as lumos-encode wrote it before: the path alone
-        {features.META_ENCODER + "tiny-vae": json.dumps({**made, "images": path}, sort_keys=True)})
+        {features.META_ENCODER + "tiny-vae-64": json.dumps({**made, "images": path}, sort_keys=True)})
     said = []
     run_encode(path, out, VAE, say=said.append)
-    assert said == [f"tiny-vae: already in {out}, nothing to do"]
+    assert said == [f"tiny-vae-64: already in {out}, nothing to do"]
 
     moved = str(tmp_path / "moved.lance")
     shutil.copytree(path, moved)

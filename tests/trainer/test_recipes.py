@@ -14,7 +14,11 @@ from lumos.trainer.config import OPTION_FIELDS, flat_record, read_recipe, recipe
 
 # The numbers of DESIGN.md §2 that the recipes must carry: (steps, lr, per-GPU batch × 64 GPUs = global batch).
 PAPER = {"i2i-256": (65000, 1.6e-4, 256, 16384), "t2i-256": (65000, 1.6e-4, 256, 16384),
-         "t2i-512": (60000, 8e-5, 64, 4096), "t2i-1024": (20000, 4e-5, 16, 1024)}
+         "t2i-512": (60000, 8e-5, 64, 4096), "t2i-1024": (20000, 4e-5, 16, 1024),
+         "t2i-1024-ms": (20000, 4e-5, 16, 1024)}
+# each stage's latents: one features table holds them all (lumos-encode names them by resolution and bucketing)
+LATENTS = {"i2i-256": "sd-vae", "t2i-256": "sd-vae", "t2i-512": "sd-vae-512", "t2i-1024": "sd-vae-1024",
+           "t2i-1024-ms": "sd-vae-1024-pixart"}
 SHRINK = ["--model", "DiT-T/2", "--latents", "tiny-vae", "--precision", "fp32", "--batch-size", "4",
           "--global-batch", "8", "--steps", "2", "--workers", "0", "--warmup", "1", "--save-every", "2"]
 
@@ -40,6 +44,8 @@ def test_the_shipped_recipes_hold_the_papers_numbers_each_commented():
                 and not line.startswith("mode =")]
         assert not bare, f"{name}: values without a comment saying where they come from: {bare}"
     assert read_recipe("t2i-256")["caption"] == "mix"
+    assert {name: read_recipe(name)["latents"] for name in PAPER} == LATENTS
+    assert [name for name in PAPER if read_recipe(name).get("micro_conditions")] == ["t2i-1024-ms"]
 
 
 def test_a_recipe_with_overrides_trains_and_the_run_records_the_resolved_config(feature_table, tmp_path):
@@ -50,7 +56,7 @@ def test_a_recipe_with_overrides_trains_and_the_run_records_the_resolved_config(
     train = json.loads((run / "config.json").read_text())["train"]
     assert train["recipe"] == "t2i-256"
     assert train["model"] == {"size": "DiT-T/2", "precision": "fp32", "grad_checkpointing": True,  # recipe + flags
-                              "compile": False}
+                              "compile": False, "micro_conditions": False}
     assert (train["optim"]["lr"], train["optim"]["steps"], train["optim"]["warmup"]) == (1.6e-4, 2, 1)
     assert (train["data"]["caption"], train["data"]["caption_mix"], train["data"]["global_batch"]) == ("mix", 0.5, 8)
     resolved = read_recipe(str(run / "config.toml"))  # the resolved configuration is itself a recipe
@@ -99,7 +105,7 @@ def test_a_bad_recipe_is_refused_in_one_line(tmp_path, text, message):
 def test_an_unknown_recipe_names_ours(tmp_path):
     code, lines = _invoke("i2i", "--config", "i2i-9000", "--data", "d", "--output", str(tmp_path / "run"))
     assert code == 2 and len(lines) == 1, lines
-    assert "--config i2i-9000: no such file, nor a recipe of ours (i2i-256, t2i-1024, t2i-256, t2i-512)" in lines[0]
+    assert "--config i2i-9000: no such file, nor a recipe of ours (i2i-256, t2i-1024, t2i-1024-ms, t2i-256, t2i-512)" in lines[0]
 
 
 def test_every_setting_is_an_option_of_some_mode_and_a_recipe_key():

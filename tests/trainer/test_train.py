@@ -149,17 +149,18 @@ def test_features_made_differently_are_refused_in_one_line(feature_table, tmp_pa
     images = lance.dataset(feature_table).schema.metadata  # the images table these features came from
     images_uri = json.loads(images[b"lumos.encoder.tiny-vae"])["images"]["path"]
     other = str(tmp_path / "other.lance")
-    run_encode(images_uri, other, [EncoderConfig("tiny-vae", resolution=128), EncoderConfig("tiny-dino"),
-                                   EncoderConfig("tiny-t5")],
+    run_encode(images_uri, other, [EncoderConfig("tiny-vae"), EncoderConfig("tiny-vae", resolution=128),
+                                   EncoderConfig("tiny-dino", resolution=128), EncoderConfig("tiny-t5")],
                say=lambda *_: None)
     result = _cli(*_flags("i2i", other, run, steps=4), "--resume")
     lines = [x for x in result.stderr.splitlines() if x.strip()]
     assert result.returncode == 2 and len(lines) == 1, lines
-    assert "latents features made differently" in lines[0] and "resolution" in lines[0]
+    assert "condition features made differently" in lines[0] and "resolution" in lines[0]
     # progressive resolution (issue 15, item 3): a 128-px stage starts whole from the 256-px run (the position
     # embedding is a sin-cos table of the latent size, no weight); only the I2I → T2I parts start fresh
     said = []
-    run_training(_config("t2i", other, tmp_path / "t2i", steps=1, init=str(run)), say=said.append)
+    run_training(_config("t2i", other, tmp_path / "t2i", steps=1, init=str(run), latents="tiny-vae-128"),
+                 say=said.append)
     reinit = [line for line in said if line.startswith("--init: re-initialised")]
     assert reinit == ["--init: re-initialised (no weight of the same shape in the I2I model): "
                       "null, transformer.caption_projection.linear_1.weight"], said
