@@ -23,9 +23,10 @@ class DiTSize:
     patch: int = 2
 
 
-# DiT's size registry (Peebles & Xie); DiT-T/2 is ours, for tests.
+# DiT's size registry (Peebles & Xie); DiT-T/2 and DiT-T3/2 are ours, for tests.
 DIT_MODELS = {
     "DiT-T/2": DiTSize(depth=2, hidden=64, heads=2),
+    "DiT-T3/2": DiTSize(depth=2, hidden=48, heads=2),  # ours, for tests of --micro-conditions: a width 3 divides
     "DiT-S/2": DiTSize(depth=12, hidden=384, heads=6),
     "DiT-B/2": DiTSize(depth=12, hidden=768, heads=12),
     "DiT-L/2": DiTSize(depth=24, hidden=1024, heads=16),

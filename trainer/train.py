@@ -30,7 +30,7 @@ from lumos.trainer.diffusion import Diffusion
 from lumos.trainer.feature_api import prepare
 from lumos.trainer.held_back import SampleGrid, hold_back, read_held_back
 from lumos.trainer.metrics import MetricsLog, keep_until
-from lumos.trainer.models import LumosDiT, autocast
+from lumos.trainer.models import DIT_MODELS, LumosDiT, autocast
 
 SCALING_FACTOR_KEY = "scaling_factor"
 PROVENANCE_IGNORED = ("versions", "images")  # a library upgrade or a moved images table is the same features
@@ -86,6 +86,13 @@ class Run:
         c.fit_machine(cuda)
         schema = lance.dataset(c.data.table).schema
         latent_shape = base_latent_shape(self.columns, schema)  # (4, H/8, W/8)
+        if c.model.micro_conditions and latent_shape[-1] != 128:
+            raise UserError(f"--micro-conditions: for 1024 px latents (128 latent cells a side), as PixArt-α's "
+                            f"multi-scale model; {c.data.latents} has {latent_shape[-1]} (PixArtAlphaPipeline passes "
+                            "them to 1024 px models only)")
+        if c.model.micro_conditions and DIT_MODELS[c.model.size].hidden % 3:
+            raise UserError(f"--micro-conditions: {c.model.size}'s width {DIT_MODELS[c.model.size].hidden} is not a "
+                            "multiple of 3 (PixArt splits it between the size, the aspect ratio and their sum)")
         caption_channels = features.shape_of(schema.field(self.columns.cond))[-1]
         self.scaling = float(self.provenance["latents"].get(SCALING_FACTOR_KEY, 0.18215))
 

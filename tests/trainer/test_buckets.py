@@ -82,3 +82,36 @@ def test_it_reads_a_mapped_positions_file(tmp_path):
     assert all(np.array_equal(a.rows(2, s)[0], b.rows(2, s)[0]) for s in range(a.steps_per_epoch))
     with pytest.raises(ValueError, match="add up to"):
         BucketOrder(grouped[:-1], counts, 4)
+
+
+def test_held_back_rows_are_skipped_and_the_rest_seen_once():
+    positions, buckets = _table()
+    grouped, counts = group_by_bucket(positions, buckets, len(COUNTS))
+    skip = np.array([0, 3, 40, 41, 100, 226])  # places in `grouped`: buckets 0, 0, 2, 2, 3, 5
+    orders = [BucketOrder(grouped, counts, 3, 2, rank, seed=1, skip=skip) for rank in range(2)]
+    assert orders[0].counts.tolist() == [35, 0, 3, 119, 1, 63]
+    seen = []
+    for step in range(orders[0].steps_per_epoch):
+        for positions_r, weights in (o.rows(0, step) for o in orders):
+            seen += positions_r[weights > 0].tolist()
+    assert sorted(seen) == sorted(set(grouped.tolist()) - set(grouped[skip].tolist()))
+
+
+def test_the_grouped_positions_file_is_written_in_chunks_as_grouped_in_memory(tmp_path, ray_session):
+    """`write_grouped_positions` streams the bucket column (here 7 rows at a time) and gives the same file as
+    grouping in memory, unusable rows left out."""
+    import lance
+    import pyarrow as pa
+
+    from lumos.trainer.buckets import write_grouped_positions
+
+    rng = np.random.default_rng(3)
+    n = 203
+    buckets = rng.integers(0, 6, n).astype(np.int16)
+    usable = rng.random(n) < 0.7
+    uri = str(tmp_path / "t.lance")
+    lance.write_dataset(pa.table({"b": buckets}), uri, max_rows_per_file=50)  # several fragments
+    path = str(tmp_path / "grouped.npy")
+    counts = write_grouped_positions(lance.dataset(uri), np.packbits(usable), "b", 6, path, chunk=7)
+    grouped, want = group_by_bucket(np.flatnonzero(usable), buckets[usable], 6)
+    assert counts.tolist() == want.tolist() and np.load(path).tolist() == grouped.tolist()
