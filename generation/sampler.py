@@ -77,7 +77,7 @@ class Trained:
 
     def bucket_at(self, height: int, width: int) -> int:
         """Bucketed runs: the bin PixArtAlphaPipeline's resolution binning takes height × width to."""
-        from lumos.pipeline.aspect_buckets import bucket_of
+        from lumos.pipeline.encoders.aspect_buckets import bucket_of
 
         return bucket_of(width, height, int(self.config["provenance"]["latents"]["resolution"]))
 

@@ -47,7 +47,7 @@ META_LAYOUT = "lumos.layout"
 
 
 # lumos-encode --buckets: how latents are cut. none: the center square at --resolution; pixart: each image to the
-# nearest aspect-ratio bin of PixArt's table for --resolution (pipeline/aspect_buckets.py), per-row shapes.
+# nearest aspect-ratio bin of PixArt's table for --resolution (pipeline/encoders/aspect_buckets.py), per-row shapes.
 BUCKETINGS = ("none", "pixart")
 BASE_RESOLUTION = 256  # the paper's first stage: latents at this side keep the encoder's bare name
 

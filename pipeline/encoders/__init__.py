@@ -55,7 +55,7 @@ class EncoderConfig:
 def aspect_buckets_known(config: EncoderConfig) -> None:
     """--buckets pixart needs PixArt's table for the resolution (256, 512, 1024): one line otherwise."""
     if config.buckets != "none":
-        from lumos.pipeline.aspect_buckets import bins
+        from lumos.pipeline.encoders.aspect_buckets import bins
 
         bins(config.resolution)
 

@@ -1,6 +1,6 @@
 """What the latent encoders (the SD VAEs, `pixels`) share: the image cut to `--resolution`, either as its center
 square (one latent shape for the table) or, with `--buckets pixart`, to the nearest of PixArt's aspect-ratio
-bins for that resolution (pipeline/aspect_buckets.py), one latent shape per bin.
+bins for that resolution (pipeline/encoders/aspect_buckets.py), one latent shape per bin.
 
 Bucketed latents are stored per row at their bin's shape (`large_list<halffloat>`, (C, -1, -1) in the field)
 with the bin's index in `{name}_bucket`; the provenance record lists every bin's latent shape
@@ -18,7 +18,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from PIL import Image
 
-from lumos.pipeline import aspect_buckets
+from lumos.pipeline.encoders import aspect_buckets
 from lumos.pipeline.encoders.base import ImageEncoder, square_pixels
 from lumos.schemas import features
 

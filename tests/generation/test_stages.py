@@ -23,7 +23,7 @@ from lumos.generation.export import load_negative
 from lumos.generation.run_encoders import TextCondition
 from lumos.generation.sampler import generate, load_trained
 from lumos.generation.train_cli import app as train_app
-from lumos.pipeline.aspect_buckets import bins, bucket_of
+from lumos.pipeline.encoders.aspect_buckets import bins, bucket_of
 from lumos.pipeline.encode_job import EncoderConfig, run_encode
 from lumos.trainer.train import TrainConfig, run_training
 

@@ -10,7 +10,7 @@ from PIL import Image
 
 from lumos.curation.sample import photo
 from lumos.floor.errors import UserError
-from lumos.pipeline.aspect_buckets import _table, bins, bucket_of, fit_to_bucket
+from lumos.pipeline.encoders.aspect_buckets import _table, bins, bucket_of, fit_to_bucket
 
 
 @pytest.mark.parametrize("resolution", [256, 512, 1024])

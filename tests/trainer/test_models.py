@@ -19,7 +19,7 @@ def test_dit_xl2_matches_pixart_alpha_xl2_parameter_count():
     with torch.device("meta"):
         i2i = LumosDiT("DiT-XL/2", 32, 4, caption_channels=768)  # DINO CLS: a 768-d token
     assert i2i.transformer.caption_projection.linear_1.in_features == 768
-    assert set(DIT_MODELS) == {"DiT-T/2", "DiT-S/2", "DiT-B/2", "DiT-L/2", "DiT-XL/2"}
+    assert set(DIT_MODELS) == {"DiT-T/2", "DiT-T3/2", "DiT-S/2", "DiT-B/2", "DiT-L/2", "DiT-XL/2"}
 
 
 def test_null_condition_replaces_dropped_rows_only():

@@ -5,7 +5,7 @@ diffusers' own (PixArtAlphaPipeline bins a requested size with them), so a size 
 on a bucket the model was trained on.
 
 A bucket's id is its place in the table sorted by ratio: stable for a resolution, small enough for an int16.
-Not yet used by lumos-encode (per-row latent shapes in the features table are the next step).
+Used by lumos-encode --buckets pixart (pipeline/encoders/latents.py) and by bucketed sampling.
 """
 
 from __future__ import annotations
