@@ -32,7 +32,8 @@ def rebuild(record: dict, role: str, device: torch.device | str = "cpu"):
                         "its features cannot be reproduced, so the run cannot be sampled")
     config = EncoderConfig(name=name, resolution=int(record.get("resolution", 256)),
                            weights=record.get("weights_path"), precision=COMPUTE.get(record.get("compute_dtype"), "fp32"),
-                           tokens=record.get("tokens", "cls"), buckets=record.get("buckets", "none"))
+                           tokens=record.get("tokens", "cls"), buckets=record.get("buckets", "none"),
+                           preprocess=record.get("preprocess", "resize256"))  # dino-b: unnamed before official
     try:
         encoder = config.build()
     except UserError as err:

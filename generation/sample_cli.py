@@ -158,24 +158,32 @@ def i2i(checkpoint: str = CHECKPOINT,
 def interpolate(checkpoint: str = CHECKPOINT,
                 image: List[str] = typer.Option(..., help="Exactly two images, A then B."),
                 num: int = typer.Option(8, help="Points from A to B, both ends included."),
+                mode: str = typer.Option("lerp", help="How the condition goes from A to B: lerp (a linear blend, as "
+                                         "official Lumos) or slerp (along the sphere the L2-normalised features "
+                                         "lie on, per token)."),
                 steps: int = STEPS, cfg: float = CFG, scheduler: str = SCHEDULER, seed: int = SEED,
                 output: str = OUTPUT, device: str = DEVICE, precision: str = PRECISION):
     """A strip from image A to image B.
 
-    Slerp between their DINO features, one shared noise (Figure S7)."""
+    A blend of their DINO features (lerp as official Lumos, or slerp), one shared noise (Figure S7)."""
     import torch
 
     from lumos.generation.grid import save_grid
     from lumos.generation.sampler import slerp
 
+    def blend(a, b, t):
+        return (1 - t) * a + t * b if mode == "lerp" else slerp(a, b, t)
+
     def body():
         if len(image) != 2:
             raise UserError(f"--image: interpolate takes exactly two (A and B), got {len(image)}")
+        if mode not in ("lerp", "slerp"):
+            raise UserError(f"--mode {mode}: expected lerp or slerp")
         check_options(num, steps, cfg, scheduler, device, precision, least=2)
         s = Session(checkpoint, "i2i", device, precision)
         inputs = open_images(image)
         a, b = s.condition(inputs)
-        cond = torch.stack([slerp(a, b, i / (num - 1)) for i in range(num)])  # (num, 1, D)
+        cond = torch.stack([blend(a, b, i / (num - 1)) for i in range(num)])  # (num, T, D)
         noise = torch.randn((1, *s.trained.latent_shape), generator=torch.Generator("cpu").manual_seed(seed))
         samples = s.images(cond, None, num=1, steps=steps, cfg=cfg, scheduler=scheduler,
                            noise=noise.expand(num, *noise.shape[1:]))

@@ -45,6 +45,10 @@ def encode(
                                "tiny-clip): what to store besides the CLS vector, as `{name}_tokens`: cls (nothing "
                                "more, as the paper's model), patch, all (CLS + patches), top119 (CLS + the 119 "
                                "patches the CLS attends to most). Other encoders ignore it."),
+    dino_preprocess: str = typer.Option("official", help="dino-b's transform: official (short side to 224, "
+                                        "bilinear, center crop 224: official Lumos', what the released model saw) "
+                                        "or resize256 (short side to 256, bicubic, center 224: timm's, this "
+                                        "tool's before). Recorded in the provenance; other encoders ignore it."),
     gpus_per_actor: float = typer.Option(1.0, help="GPUs each encoder actor takes; below 1 packs several actors "
                                          "on one GPU (e.g. 0.5 for dino-b). The cluster's GPUs are split evenly "
                                          "between the encoders of one command, each with its own actors."),
@@ -67,7 +71,8 @@ def encode(
             if name not in ENCODERS:
                 raise UserError(f"unknown encoder {name!r}; choose from {', '.join(ENCODERS)}")
         configs = [EncoderConfig(name, resolution, weights, precision=precision, tokens=tokens,
-                                 buckets=buckets if name in LATENT_ENCODERS else "none") for name in encoder]
+                                 buckets=buckets if name in LATENT_ENCODERS else "none",
+                                 preprocess=dino_preprocess) for name in encoder]
         for c in configs:
             c.build()  # an unknown name or option fails here
         stats = run_encode(input, output, configs, device, batch_size, gpus_per_actor, say=err_console.print,

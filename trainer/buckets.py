@@ -96,8 +96,9 @@ def group_by_bucket(positions: np.ndarray, buckets: np.ndarray, count: int) -> t
 def write_grouped_positions(ds, bits: np.ndarray, column: str, count: int, path: str, chunk: int = 1 << 22) -> np.ndarray:
     """The usable rows' positions grouped by bucket (each group in table order) as a .npy file at `path`, from
     the usable-rows bitmap and the table's bucket column, in two scans of that small column: the first counts
-    the rows of each bucket, the second writes each row at its bucket's cursor in the mapped file. Memory:
-    one chunk of rows and one count per bucket, whatever the table holds. Returns the counts."""
+    the rows of each bucket, the second writes each chunk's rows of a bucket at that bucket's place in the file
+    (one positioned write a bucket a chunk). Memory: one chunk of rows and one count per bucket, whatever the
+    table holds. Returns the counts."""
     import os
 
     def usable_buckets():
@@ -113,17 +114,22 @@ def write_grouped_positions(ds, bits: np.ndarray, column: str, count: int, path:
     for _, b in usable_buckets():
         counts += np.bincount(b, minlength=count)
     tmp = f"{path}.tmp-{os.getpid()}"
-    out = np.lib.format.open_memmap(tmp, mode="w+", dtype="<i8", shape=(int(counts.sum()),))
-    cursor = np.concatenate([[0], np.cumsum(counts)[:-1]])
-    for positions, b in usable_buckets():
-        order = np.argsort(b, kind="stable")
-        grouped_b, grouped_p = b[order], positions[order]
-        first = np.searchsorted(grouped_b, np.arange(count))
-        rank_in = np.arange(len(grouped_b)) - first[grouped_b]
-        out[cursor[grouped_b] + rank_in] = grouped_p
-        cursor += np.bincount(b, minlength=count)
-    out.flush()
-    del out
+    with open(tmp, "wb") as f:
+        np.lib.format.write_array_header_1_0(f, {"descr": np.lib.format.dtype_to_descr(np.dtype("<i8")),
+                                                 "fortran_order": False, "shape": (int(counts.sum()),)})
+        header = f.tell()
+        f.truncate(header + 8 * int(counts.sum()))
+        cursor = header + 8 * np.concatenate([[0], np.cumsum(counts)[:-1]])
+        for positions, b in usable_buckets():
+            order = np.argsort(b, kind="stable")  # the chunk's rows bucket by bucket, each in table order
+            grouped_b, grouped_p = b[order], positions[order].astype("<i8")
+            edges = np.searchsorted(grouped_b, np.arange(count + 1))
+            for bucket in np.flatnonzero(np.diff(edges)):
+                part = grouped_p[edges[bucket]:edges[bucket + 1]]
+                os.pwrite(f.fileno(), part.tobytes(), int(cursor[bucket]))
+                cursor[bucket] += 8 * len(part)
+        f.flush()
+        os.fsync(f.fileno())
     os.replace(tmp, path)
     return counts
 

@@ -32,7 +32,9 @@ class DataConfig:
     latents: str = option("sd-vae", "The VAE whose mean/std columns are the latents.")
     condition: str = option("dino-b", "The image encoder whose features condition.", modes=I2I)
     condition_tokens: str = option("cls", "cls, patch, all or top119 (lumos-encode --tokens).", modes=I2I)
-    text: str = option("t5-xxl", "The text encoder whose tokens are the condition.", modes=T2I)
+    # official Lumos' T2I loads T5 v1.1 XXL (the paper names Flan-T5-XXL: `t5-xxl`, a named option)
+    text: str = option("t5-v1_1-xxl", "The text encoder whose tokens are the condition (t5-xxl: the paper's "
+                       "Flan-T5-XXL).", modes=T2I)
     caption: str = option("short", "short, long or mix (a row lacking one: skipped, or the other under mix).",
                           modes=T2I)
     caption_mix: float = option(0.5, "Under --caption mix: the chance of the long caption.", modes=T2I)

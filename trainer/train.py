@@ -121,7 +121,7 @@ class Run:
         torch.manual_seed(c.seed)
         self.model = LumosDiT(c.model.size, latent_shape[-1], latent_shape[0], caption_channels,
                               c.model.grad_checkpointing, micro_conditions=c.model.micro_conditions,
-                              downsample=int(self.provenance["latents"]["resolution"]) // latent_shape[-1]).to(self.device)
+                              downsample=downsample(self.provenance["latents"], latent_shape)).to(self.device)
         self.reinitialised: list[str] = []
         if c.checkpoint.init:
             self.reinitialised = self._load_init(c.checkpoint.init)
@@ -425,6 +425,11 @@ def base_latent_shape(columns: FeatureColumns, schema) -> tuple[int, ...]:
     if columns.bucket_shapes:
         return next(tuple(s) for s in columns.bucket_shapes if s[1] == s[2])
     return features.shape_of(schema.field(columns.mean))
+
+
+def downsample(record: dict, latent_shape) -> int:
+    """Pixels per latent cell (8 for the SD VAE, 1 for `pixels`), from the latents' provenance."""
+    return max(1, int(record.get("resolution", latent_shape[-1] * 8)) // latent_shape[-1])
 
 
 def bucket_range(counts: np.ndarray, bucket: int) -> tuple[int, int]:

@@ -26,6 +26,7 @@ class EncoderConfig:
     precision: str = "fp32"  # compute dtype: fp32 | bf16
     tokens: str = "cls"  # ViT encoders: cls | patch | all | top119
     buckets: str = "none"  # latent encoders: none (center square) | pixart (aspect-ratio bins)
+    preprocess: str = "official"  # dino-b: official (resize 224 bilinear, crop 224) | resize256 (bicubic, crop 224)
 
     @property
     def stored_name(self) -> str:
@@ -39,6 +40,8 @@ class EncoderConfig:
             raise UserError(f"--precision {self.precision}: expected one of {', '.join(PRECISIONS)}")
         if self.tokens not in TOKEN_SETS:
             raise UserError(f"--tokens {self.tokens}: expected one of {', '.join(TOKEN_SETS)}")
+        if self.preprocess not in DINO_PREPROCESS:
+            raise UserError(f"--dino-preprocess {self.preprocess}: expected one of {', '.join(DINO_PREPROCESS)}")
         if self.buckets not in BUCKETINGS:
             raise UserError(f"--buckets {self.buckets}: expected one of {', '.join(BUCKETINGS)}")
         if self.buckets != "none" and self.name not in LATENT_ENCODERS:
@@ -69,6 +72,20 @@ def _vit(cls, **kwargs):
     return lambda name, o: cls(name, o.weights, o.random_weights, o.precision, tokens=o.tokens, **kwargs)
 
 
+# dino-b's transform, by name. official: ant-research/lumos' (short side to 224, bilinear; center 224), the
+# images the released model was trained and sampled with; resize256: timm's eval transform for ViTs (short side
+# to 256, bicubic; center 224), what lumos-encode used before (its tables' provenance says resize 256).
+DINO_PREPROCESS = {"official": dict(resize=224, resample="bilinear"), "resize256": dict(resize=256, resample="bicubic")}
+
+
+def _dino(timm_name):
+    return lambda name, o: VitEncoder(name, o.weights, o.random_weights, o.precision, tokens=o.tokens,
+                                      timm_name=timm_name, **DINO_PREPROCESS[o.preprocess],
+                                      # named in provenance when official; resize256's record is the one
+                                      # tables made before the option have (crop "resize 256, center 224")
+                                      transform=o.preprocess if o.preprocess == "official" else None)
+
+
 def _t5(hub_id):
     return lambda name, o: T5Encoder(name, o.weights, o.random_weights, o.precision, hub_id=hub_id)
 
@@ -79,7 +96,7 @@ ENCODERS = {
     # the image itself at --resolution, in [-1, 1]: a latent space a CPU learns in minutes (the demo)
     "pixels": lambda name, o: PixelEncoder(name, precision=o.precision, resolution=o.resolution,
                                                 buckets=o.buckets),
-    "dino-b": _vit(VitEncoder, timm_name="vit_base_patch16_224.dino"),  # the paper's condition encoder
+    "dino-b": _dino("vit_base_patch16_224.dino"),  # the paper's condition encoder
     "dinov2-b": _vit(VitEncoder, timm_name="vit_base_patch14_dinov2.lvd142m", patch_size=14,
                      timm_kwargs={"img_size": 224}),
     "clip-l": _vit(ClipEncoder),

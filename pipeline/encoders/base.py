@@ -234,11 +234,13 @@ def square_pixels(image: Image.Image, side: int) -> np.ndarray:
     return (np.asarray(square, np.float32) / 127.5 - 1.0).transpose(2, 0, 1)
 
 
-def resize_crop_normalise(image: Image.Image, resize: int, crop: int, mean, std) -> np.ndarray:
-    """The usual eval transform: short side to `resize` (bicubic), center `crop`, (x - mean) / std → (3, S, S)."""
+def resize_crop_normalise(image: Image.Image, resize: int, crop: int, mean, std, resample: str = "bicubic") -> np.ndarray:
+    """The usual eval transform: short side to `resize` (bicubic, or bilinear), center `crop`, (x - mean) / std
+    → (3, S, S)."""
     w, h = image.size
     scale = resize / min(w, h)
-    image = image.resize((max(resize, round(w * scale)), max(resize, round(h * scale))), Image.Resampling.BICUBIC)
+    image = image.resize((max(resize, round(w * scale)), max(resize, round(h * scale))),
+                         Image.Resampling.BILINEAR if resample == "bilinear" else Image.Resampling.BICUBIC)
     left, top = (image.width - crop) // 2, (image.height - crop) // 2
     image = image.crop((left, top, left + crop, top + crop))
     x = (np.asarray(image, np.float32) / 255.0 - mean) / std

@@ -32,6 +32,8 @@ class VisionEncoder(ImageEncoder):
     mean: tuple = (0.485, 0.456, 0.406)
     std: tuple = (0.229, 0.224, 0.225)
     tokens: str = "cls"
+    resample: str = "bicubic"  # the resize's filter: bicubic, or bilinear (official Lumos' DINO transform)
+    transform: str | None = None  # dino-b: the named transform (official), recorded in provenance as `preprocess`
 
     def tokens_and_attention(self, pixels):
         """(N, 3, S, S) → (tokens (N, 1 + T, D) with CLS first, CLS attention over the patches (N, T) or None
@@ -57,7 +59,7 @@ class VisionEncoder(ImageEncoder):
         return out
 
     def preprocess(self, image: Image.Image) -> np.ndarray:
-        return resize_crop_normalise(image, self.resize, self.image_size, self.mean, self.std)
+        return resize_crop_normalise(image, self.resize, self.image_size, self.mean, self.std, self.resample)
 
     def forward(self, pixels) -> dict[str, np.ndarray]:
         tokens, attention = self.tokens_and_attention(pixels)  # (N, 1 + T, D), (N, T)
@@ -71,9 +73,10 @@ class VisionEncoder(ImageEncoder):
         return {k: v.half().flatten(1).cpu().numpy() for k, v in out.items()}
 
     def common_description(self, weights: str) -> dict:
+        named = {"preprocess": self.transform} if self.transform else {}
         return {"weights": weights, "resolution": self.image_size,
-                "crop": f"resize {self.resize}, center {self.image_size}", "resize": "bicubic",
-                "normalisation": {"mean": list(self.mean), "std": list(self.std)}, "tokens": self.tokens}
+                "crop": f"resize {self.resize}, center {self.image_size}", "resize": self.resample,
+                "normalisation": {"mean": list(self.mean), "std": list(self.std)}, "tokens": self.tokens, **named}
 
 
 def cls_attention(x, weight, bias, heads: int, prefix: int, q_norm=None, k_norm=None):

@@ -73,6 +73,18 @@ def test_interpolate_strip_and_t2i_grid(sample_runs, tmp_path):
     strip = np.asarray(Image.open(tmp_path / "strip.png"))
     ends = [_cell(strip, 0, k) for k in (1, 4)]
     assert not np.array_equal(*ends)  # one noise, two conditions: the strip moves from A to B
+    # the default blend is linear (official Lumos); --mode slerp meets it at the ends only
+    code, lines = _sample("interpolate", "--checkpoint", sample_runs["i2i"], "--image", a, "--image", b, "--num", "4",
+                          "--mode", "slerp", "--output", str(tmp_path / "slerp.png"))
+    assert code == 0, lines
+    spherical = np.asarray(Image.open(tmp_path / "slerp.png"))
+    def differ(k):
+        return int(np.abs(_cell(strip, 0, k).astype(int) - _cell(spherical, 0, k).astype(int)).max())
+
+    assert differ(1) <= 1 and differ(4) <= 1 and differ(2) > 1
+    code, lines = _sample("interpolate", "--checkpoint", sample_runs["i2i"], "--image", a, "--image", b,
+                          "--mode", "cubic", "--output", str(tmp_path / "x.png"))
+    assert code == 2 and len(lines) == 1 and "--mode cubic: expected lerp or slerp" in lines[0], lines
     outputs = []
     for name in ("t1.png", "t2.png"):
         code, lines = _sample("t2i", "--checkpoint", sample_runs["t2i"], "--prompt", "picture 1, picture 1",
