@@ -1,7 +1,7 @@
 """Bucketed training's start-up and order at N and 30·N rows: does their cost per row stay flat?
 
 A features table of N rows and one of 30·N (default 1M and 30M) holding only what a bucketed run reads at
-start-up: the latents' `_ok` column (5% false) and the bucket column (PixArt's 33 bins at 256 px, drawn
+start-up: the latents' `_ok` column (5% false), the condition's (all true) and the bucket column (PixArt's 33 bins at 256 px, drawn
 unevenly). In a fresh process each, rank 0's work is timed: the usable-rows bitmap, then the positions file
 grouped by bucket (two scans of the bucket column, trainer/buckets.py write_grouped_positions); with the
 process's peak RSS by then. Then `BucketOrder.rows` for 2,000 global steps of 256 rows × 8 ranks (each rank asks its
@@ -42,10 +42,10 @@ def make_table(uri: str, rows: int, chunk: int = 1 << 20) -> None:
     def batches():
         for start in range(0, rows, chunk):
             n = min(chunk, rows - start)
-            yield pa.record_batch({"x_ok": pa.array(rng.random(n) >= 0.05),
+            yield pa.record_batch({"x_ok": pa.array(rng.random(n) >= 0.05), "c_ok": pa.array(np.ones(n, bool)),
                                    "x_bucket": pa.array(rng.choice(BUCKETS, n, p=weights).astype(np.int16))})
 
-    schema = pa.schema([("x_ok", pa.bool_()), ("x_bucket", pa.int16())])
+    schema = pa.schema([("x_ok", pa.bool_()), ("c_ok", pa.bool_()), ("x_bucket", pa.int16())])
     lance.write_dataset(pa.RecordBatchReader.from_batches(schema, batches()), uri, schema=schema,
                         max_rows_per_file=1 << 22)
 
@@ -59,7 +59,7 @@ def measure(uri: str, folder: str) -> dict:
     from lumos.trainer.data import FeatureColumns, _usable_bits, open_positions
 
     ds = lance.dataset(uri)
-    columns = FeatureColumns("x_mean", "x_std", "c_cls", latents_ok="x_ok", cond_ok="x_ok")
+    columns = FeatureColumns("x_mean", "x_std", "c_cls", latents_ok="x_ok", cond_ok="c_ok")
     t0 = time.perf_counter()
     bits, total = _usable_bits(ds, columns)
     path = os.path.join(folder, "positions.npy")
@@ -71,8 +71,9 @@ def measure(uri: str, folder: str) -> dict:
     steps = 2000
     t0 = time.perf_counter()
     for step in range(steps):
+        epoch, in_epoch = divmod(step, orders[0].steps_per_epoch)
         for order in orders:
-            order.rows(0, step)
+            order.rows(epoch, in_epoch)
     per_step = (time.perf_counter() - t0) / steps
     return {"rows": total, "usable": int(len(positions)), "startup_s": startup, "rows_per_s": total / startup,
             "step_us": per_step * 1e6, "peak_mb": peak_mb}
@@ -94,7 +95,10 @@ def main() -> int:
             folder = os.path.join(work, f"{label}-run")
             os.makedirs(folder)
             out = subprocess.run([sys.executable, __file__, "--measure", uri, folder], capture_output=True,
-                                 text=True, check=True)
+                                 text=True)
+            if out.returncode:
+                print(out.stderr[-3000:], file=sys.stderr)
+                return 1
             results[label] = json.loads(out.stdout.strip().splitlines()[-1])
             r = results[label]
             print(f"{label:>5}: {r['rows']:>11,} rows ({r['usable']:,} usable): start-up {r['startup_s']:.2f} s "

@@ -60,6 +60,8 @@ class BucketOrder:
 
     def bucket_at(self, epoch: int, step: int) -> tuple[int, int]:
         """(bucket, chunk within the bucket) of global step `step` of the epoch: the same on every rank."""
+        if not 0 <= step < self.steps_per_epoch:
+            raise ValueError(f"step {step} of an epoch of {self.steps_per_epoch} steps")
         slot = int(shuffled(np.array([step]), self.steps_per_epoch, self.seed, epoch)[0])
         bucket = int(np.searchsorted(self.step_ends, slot, side="right"))
         return bucket, slot - int(self.step_ends[bucket] - self.bucket_steps[bucket])
@@ -93,7 +95,7 @@ def group_by_bucket(positions: np.ndarray, buckets: np.ndarray, count: int) -> t
     return np.asarray(positions, np.int64)[order], np.bincount(buckets, minlength=count)
 
 
-def write_grouped_positions(ds, bits: np.ndarray, column: str, count: int, path: str, chunk: int = 1 << 22) -> np.ndarray:
+def write_grouped_positions(ds, bits: np.ndarray, column: str, count: int, path: str, chunk: int = 1 << 20) -> np.ndarray:
     """The usable rows' positions grouped by bucket (each group in table order) as a .npy file at `path`, from
     the usable-rows bitmap and the table's bucket column, in two scans of that small column: the first counts
     the rows of each bucket, the second writes each chunk's rows of a bucket at that bucket's place in the file

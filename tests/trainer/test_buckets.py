@@ -115,3 +115,9 @@ def test_the_grouped_positions_file_is_written_in_chunks_as_grouped_in_memory(tm
     counts = write_grouped_positions(lance.dataset(uri), np.packbits(usable), "b", 6, path, chunk=7)
     grouped, want = group_by_bucket(np.flatnonzero(usable), buckets[usable], 6)
     assert counts.tolist() == want.tolist() and np.load(path).tolist() == grouped.tolist()
+
+
+def test_a_step_past_the_epoch_is_refused_not_walked_forever():
+    orders, _ = _orders(4, 1)
+    with pytest.raises(ValueError, match="step 59 of an epoch of 59 steps"):
+        orders[0].rows(0, orders[0].steps_per_epoch)
