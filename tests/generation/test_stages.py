@@ -185,3 +185,19 @@ def test_micro_conditions_at_1024_px_train_and_export_as_pixart_multi_scale(stag
     trained.model.transformer.adaln_single.emb.use_additional_conditions = False
     plain = generate(trained.model, *condition, latent_shape=shape, num=2, steps=3, cfg=4.5, seed=3)
     assert (plain - ours).abs().max() > 1e-3
+
+
+def test_sample_every_on_buckets_holds_back_rows_of_one_bin(stages, tmp_path):
+    from lumos.generation.train_cli import held_back_grid
+
+    run = tmp_path / "grid"
+    run_training(TrainConfig.of(mode="i2i", data=stages["table"], output=str(run), model="DiT-T/2", latents=BUCKETED,
+                                condition="tiny-dino", precision="fp32", batch_size=2, steps=2, lr=1e-3, warmup=1,
+                                workers=0, sample_every=2, sample_rows=2, record_samples=True),
+                 say=lambda *_: None, sample_grid=held_back_grid)
+    held = json.load(open(run / "samples" / "held-back.json"))["ids"]
+    rows = lance.dataset(stages["table"]).to_table(columns=["id", "tiny_vae_512_pixart_bucket"]).to_pylist()
+    bucket = {r["id"]: r["tiny_vae_512_pixart_bucket"] for r in rows}
+    assert len(held) == 2 and len({bucket[i] for i in held}) == 1  # one bin: one grid, one latent shape
+    trained = [i for line in open(run / "samples-rank0.jsonl") for i in json.loads(line)["ids"]]
+    assert not set(held) & set(trained) and (run / "samples" / "step-0000002.png").exists()
