@@ -64,6 +64,9 @@ def export(checkpoint: str, output: str, scheduler: str = "dpm", text_encoder: b
         if set(os.listdir(output)) - {LOCK_NAME, LOCK_NAME + ".takeover"}:
             raise UserError(f"--output {output} exists and is not empty")
         trained = load_trained(checkpoint)
+        if trained.settings.get("arch", "pixart") != "pixart":
+            raise UserError(f"{trained.path} is an --arch {trained.settings['arch']} run: its per-block adaLN has no "
+                            "place in PixArtTransformer2DModel; lumos-export writes --arch pixart runs")
         _write(trained, staging, scheduler, text_encoder)
         names = sorted(os.listdir(staging), key=lambda n: n == DESCRIPTION)  # lumos.json last: it marks a whole folder
         for name in names:

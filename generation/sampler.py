@@ -124,9 +124,20 @@ def load_trained(run_or_checkpoint: str, device: torch.device | str = "cpu") -> 
     settings = described.settings
     model = LumosDiT(settings["model"], size, channels, shapes[config["columns"]["cond"]][-1],
                      hide_transformers=False, micro_conditions=settings.get("micro_conditions", False),
-                     downsample=described.downsample)
+                     downsample=described.downsample, arch=settings.get("arch", "pixart"),
+                     null_tokens=null_tokens_of(config))
     model.load_state_dict(ckpt.read_weights(path, "ema"))
     return Trained(model.to(device).eval().requires_grad_(False), config, path)
+
+
+def null_tokens_of(config: dict) -> int:
+    """--arch lumos runs: the fixed null's tokens (the condition's; T2I 120), from the run's record."""
+    from lumos.trainer.lumos_arch import T2I_NULL_TOKENS
+
+    if config["train"]["mode"] == "t2i":
+        return T2I_NULL_TOKENS
+    shape = config["provenance"]["condition"]["shapes"][config["columns"]["cond"]]
+    return shape[0] if len(shape) == 2 else 1
 
 
 @torch.no_grad()
@@ -156,7 +167,7 @@ def generate(model: LumosDiT, cond: torch.Tensor, mask: torch.Tensor | None, *, 
     for t in sched.timesteps:
         x = sched.scale_model_input(torch.cat([latents] * 2) if guided else latents, t)
         with autocast(precision, device):
-            eps = model(x, t[None].expand(x.shape[0]), cond, mask).float()
+            eps = model.epsilon(x, t[None].expand(x.shape[0]), cond, mask).float()  # lumos: its ε half
         if guided:
             uncond, conditional = eps.chunk(2)
             eps = uncond + cfg * (conditional - uncond)

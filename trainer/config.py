@@ -48,6 +48,9 @@ class DataConfig:
 @dataclass
 class ModelConfig:
     size: str = option("DiT-XL/2", f"DiT size: {', '.join(DIT_MODELS)}.", flag="model")
+    arch: str = option("pixart", "pixart (adaLN-single, ε-MSE, a learned null: exports to PixArtAlphaPipeline) or "
+                       "lumos (official Lumos' DiT: per-block adaLN, learned variance with the hybrid loss, a fixed "
+                       "null; the released weights' layout).")
     precision: str = option("auto", "auto (fp16 on a GPU, fp32 on a CPU), fp16, bf16, fp32.")
     grad_checkpointing: bool = option(False, "Recompute activations: less memory, ~30% slower.")
     compile: bool = option(False, "torch.compile the DiT (GPUs: faster after a warm-up).")
@@ -136,6 +139,7 @@ class TrainConfig:
             (bool(k.output), "--output: missing (the run folder, from the command line or --config)"),
             (m.size in DIT_MODELS, f"--model {m.size}: choose from {', '.join(DIT_MODELS)}"),
             (m.precision in (*PRECISIONS, "auto"), f"--precision {m.precision}: expected fp16, bf16, fp32 or auto"),
+            (m.arch in ("pixart", "lumos"), f"--arch {m.arch}: expected pixart or lumos"),
             (d.caption in CAPTIONS, f"--caption {d.caption}: expected short, long or mix"),
             (_finite(d.caption_mix) and 0 <= d.caption_mix <= 1, f"--caption-mix {d.caption_mix}: must be in [0, 1]"),
             (d.condition_tokens in features.TOKEN_SETS,

@@ -1,8 +1,10 @@
-"""The Lumos DiT: diffusers' PixArtTransformer2DModel (adaLN-single; self-attention → cross-attention → MLP),
-conditioned by cross-attention on DINO's CLS vector (I2I: one 768-d token) or on T5 tokens (T2I: 4096-d),
-plus a learned null condition for classifier-free guidance.
+"""The Lumos DiT: diffusers' PixArtTransformer2DModel (self-attention → cross-attention → MLP), conditioned by
+cross-attention on DINO's CLS vector (I2I: one 768-d token) or on T5 tokens (T2I: 4096-d), plus a null
+condition for classifier-free guidance. `--arch pixart`: adaLN-single, ε only, a learned null token (what
+PixArtAlphaPipeline loads); `--arch lumos`: official Lumos' per-block adaLN, ε and variance, a fixed null
+(trainer/lumos_arch.py).
 
-    x (N, 4, H, W) latents, t (N,), cond (N, L, C), mask (N, L) → ε̂ (N, 4, H, W)
+    x (N, 4, H, W) latents, t (N,), cond (N, L, C), mask (N, L) → ε̂ (N, 4, H, W) (lumos: ε̂ and v, 8 channels)
 """
 
 from __future__ import annotations
@@ -61,24 +63,38 @@ def pixart_transformer_class(hide_transformers: bool = True):
 class LumosDiT(nn.Module):
     def __init__(self, size: str, latent_size: int, latent_channels: int, caption_channels: int,
                  grad_checkpointing: bool = False, hide_transformers: bool = True, micro_conditions: bool = False,
-                 downsample: int = 8):
+                 downsample: int = 8, arch: str = "pixart", null_tokens: int = 1):
         super().__init__()
         s = DIT_MODELS[size]
+        # arch: pixart (adaLN-single, ε only, a learned null token: exports to PixArtAlphaPipeline) or lumos
+        # (official Lumos: per-block adaLN, ε and variance, a fixed null of `null_tokens`; trainer/lumos_arch.py)
+        self.arch, self.latent_channels = arch, latent_channels
         # micro-conditions: the image's size in pixels (latent cells × `downsample`) and its aspect ratio, as
         # PixArtAlphaPipeline gives them, computed from each batch's latent shape
         self.micro_conditions, self.downsample = micro_conditions, downsample
         self.transformer = pixart_transformer_class(hide_transformers)(
             num_layers=s.depth, attention_head_dim=s.hidden // s.heads, num_attention_heads=s.heads,
-            in_channels=latent_channels, out_channels=latent_channels,  # ε only: the loss is ε-MSE
+            in_channels=latent_channels,
+            out_channels=latent_channels * (2 if arch == "lumos" else 1),  # lumos: ε then the variance's v
             sample_size=latent_size, patch_size=s.patch, caption_channels=caption_channels,
             cross_attention_dim=s.hidden, norm_type="ada_norm_single", use_additional_conditions=micro_conditions)
-        # The unconditional input: one learned token (PixArt's y_embedding is initialised the same way).
-        self.null = nn.Parameter(torch.randn(caption_channels) / caption_channels ** 0.5)
+        if arch == "lumos":
+            from lumos.trainer.lumos_arch import make_lumos
+
+            make_lumos(self.transformer)
+            # the unconditional input: a fixed random buffer of the condition's tokens (official y_embedding)
+            self.register_buffer("null", torch.randn(null_tokens, caption_channels) / caption_channels ** 0.5)
+        else:  # one learned token (PixArt's y_embedding is initialised the same way)
+            self.null = nn.Parameter(torch.randn(caption_channels) / caption_channels ** 0.5)
         if grad_checkpointing:
             self.transformer.enable_gradient_checkpointing()
 
     def drop(self, cond: torch.Tensor, mask: torch.Tensor | None, drop: torch.Tensor):
-        """Rows where `drop` get the null condition: the null token first, the rest masked out."""
+        """Rows where `drop` get the null condition. pixart: the null token first, the rest masked out; lumos:
+        the fixed null's first L tokens under the row's own mask, as official."""
+        if self.arch == "lumos":
+            null = self.null[:cond.shape[1]].to(cond.dtype)[None].expand_as(cond)
+            return torch.where(drop[:, None, None], null, cond), mask
         null = torch.zeros_like(cond)
         null[:, 0] = self.null.to(cond.dtype)
         cond = torch.where(drop[:, None, None], null, cond)  # (N, L, C)
@@ -93,6 +109,10 @@ class LumosDiT(nn.Module):
             cond, mask = self.drop(cond, mask, drop)
         return self.transformer(x, encoder_hidden_states=cond, timestep=t, encoder_attention_mask=mask,
                                 added_cond_kwargs=self.added_conditions(x), return_dict=False)[0]
+
+    def epsilon(self, x, t, cond, mask=None):
+        """The predicted ε alone (lumos: the first half of the output; the sampler guides it alone)."""
+        return self(x, t, cond, mask)[:, :self.latent_channels]
 
     def added_conditions(self, x: torch.Tensor) -> dict:
         if not self.micro_conditions:

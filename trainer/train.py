@@ -30,18 +30,19 @@ from lumos.trainer.diffusion import Diffusion
 from lumos.trainer.feature_api import prepare
 from lumos.trainer.held_back import SampleGrid, hold_back, read_held_back
 from lumos.trainer.metrics import MetricsLog, keep_until
+from lumos.trainer.lumos_arch import T2I_NULL_TOKENS
 from lumos.trainer.models import DIT_MODELS, LumosDiT, autocast
 
 SCALING_FACTOR_KEY = "scaling_factor"
 PROVENANCE_IGNORED = ("versions", "images")  # a library upgrade or a moved images table is the same features
 # What a resumed run must share with its checkpoint (the data order and the model depend on them).
 RUN_DEFINING = {"i2i": ("mode", "model", "latents", "condition", "condition_tokens", "batch_size", "global_batch",
-                        "micro_conditions", "seed"),
+                        "micro_conditions", "arch", "seed"),
                 "t2i": ("mode", "model", "latents", "text", "caption", "caption_mix", "batch_size", "global_batch",
-                        "micro_conditions", "seed")}
+                        "micro_conditions", "arch", "seed")}
 # What a run made before a setting existed was trained with.
 DEFAULTS = {"condition_tokens": "cls", "global_batch": None, "caption_mix": 0.5, "eps": 1e-8,
-            "micro_conditions": False}
+            "micro_conditions": False, "arch": "pixart"}
 
 
 def _process() -> tuple[int, int, torch.device]:
@@ -121,7 +122,8 @@ class Run:
         torch.manual_seed(c.seed)
         self.model = LumosDiT(c.model.size, latent_shape[-1], latent_shape[0], caption_channels,
                               c.model.grad_checkpointing, micro_conditions=c.model.micro_conditions,
-                              downsample=downsample(self.provenance["latents"], latent_shape)).to(self.device)
+                              downsample=downsample(self.provenance["latents"], latent_shape), arch=c.model.arch,
+                              null_tokens=null_tokens(c, schema, self.columns)).to(self.device)
         self.reinitialised: list[str] = []
         if c.checkpoint.init:
             self.reinitialised = self._load_init(c.checkpoint.init)
@@ -262,14 +264,22 @@ class Run:
         self.optimizer.zero_grad(set_to_none=True)
         total = weight.sum().clamp(min=1.0)  # the step's loss is the mean over all its rows, as one batch's
         loss = torch.zeros((), device=dev)
+        vlb = torch.zeros((), device=dev)
         starts = range(0, n, c.data.batch_size)
+        channels = x0.shape[1]
         for k, start in enumerate(starts):
             part = slice(start, start + c.data.batch_size)
             last = k == len(starts) - 1
             with contextlib.nullcontext() if last or self.ddp is self.model else self.ddp.no_sync():
                 with autocast(c.model.precision, dev):
-                    eps = self.ddp(xt[part], t[part], cond[part], None if mask is None else mask[part], drop[part])
-                part_loss = (self.diffusion.per_sample_loss(eps, noise[part]) * weight[part]).sum() / total
+                    out = self.ddp(xt[part], t[part], cond[part], None if mask is None else mask[part], drop[part])
+                eps = out[:, :channels]
+                per_sample = self.diffusion.per_sample_loss(eps, noise[part])
+                if out.shape[1] > channels:  # learned variance: IDDPM's hybrid loss, ε held fixed in the bound
+                    bound = self.diffusion.vlb(x0[part], xt[part], t[part], eps.detach(), out[:, channels:])
+                    per_sample = per_sample + bound
+                    vlb = vlb + (bound.detach() * weight[part]).sum() / total
+                part_loss = (per_sample * weight[part]).sum() / total
                 self.scaler.scale(part_loss).backward()
             loss = loss + part_loss.detach()
         self.scaler.unscale_(self.optimizer)
@@ -280,6 +290,7 @@ class Run:
         self.scheduler.step()
         # EMA with diffusers EMAModel's warm-up: early weights (the random init) fade out in short runs too
         self.update_ema(min(c.optim.ema, (1 + self.step) / (10 + self.step)))
+        self.last_vlb = vlb
         return loss.detach()
 
     @torch.no_grad()
@@ -319,17 +330,18 @@ class Run:
             assert batch["step"] == self.step, (batch["step"], self.step)  # the data position is the step
             loss = self.train_step(batch)
             self.step += 1
-            window.append(loss)
+            window.append(torch.stack([loss, self.last_vlb]))  # the loss and, under --arch lumos, its VLB part
             if records:
                 records.write(json.dumps({"step": self.step, "epoch": batch["epoch"],
                                           "ids": [i for i, w in zip(batch["ids"], batch["weight"]) if w > 0]}) + "\n")
             if self.step % c.checkpoint.log_every == 0 or self.step == c.optim.steps:
-                mean_loss = torch.stack(window).mean()  # a device sync, once a log interval
+                mean_loss = torch.stack(window).mean(0)  # a device sync, once a log interval
                 if self.world > 1:
                     torch.distributed.all_reduce(mean_loss)
                     mean_loss /= self.world
                 elapsed = time.perf_counter() - started
-                row = {"step": self.step, "loss": float(mean_loss), "lr": self.scheduler.get_last_lr()[0],
+                vlb = {"vlb": float(mean_loss[1])} if c.model.arch == "lumos" else {}
+                row = {"step": self.step, "loss": float(mean_loss[0]), **vlb, "lr": self.scheduler.get_last_lr()[0],
                        "steps_per_s": len(window) / elapsed, "samples_per_s": len(window) * c.data.batch_size * self.accumulation * self.world / elapsed,
                        "data_wait": waited / elapsed, "epoch": batch["epoch"]}
                 log.write(row)
@@ -425,6 +437,14 @@ def base_latent_shape(columns: FeatureColumns, schema) -> tuple[int, ...]:
     if columns.bucket_shapes:
         return next(tuple(s) for s in columns.bucket_shapes if s[1] == s[2])
     return features.shape_of(schema.field(columns.mean))
+
+
+def null_tokens(c: TrainConfig, schema, columns: FeatureColumns) -> int:
+    """--arch lumos: the fixed null's tokens, the condition's: I2I one (CLS) or the token set's; T2I 120."""
+    if c.mode == "t2i":
+        return T2I_NULL_TOKENS
+    shape = features.shape_of(schema.field(columns.cond))
+    return shape[0] if len(shape) == 2 else 1
 
 
 def downsample(record: dict, latent_shape) -> int:

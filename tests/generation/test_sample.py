@@ -189,7 +189,7 @@ def test_sampler_reaches_the_data_with_the_exact_noise_predictor(scheduler, tole
         def drop(self, cond, mask, drop):
             return cond, mask
 
-        def forward(self, x, t, cond, mask=None):
+        def epsilon(self, x, t, cond, mask=None):  # what the sampler asks a model for
             a = schedule.sqrt_ab[t.long()].view(-1, 1, 1, 1)
             return (x - a * target) / schedule.sqrt_1m_ab[t.long()].view(-1, 1, 1, 1)
 

@@ -28,7 +28,9 @@ from lumos.pipeline.encode_job import EncoderConfig, run_encode
 from lumos.trainer.train import TrainConfig, run_training
 
 TORCHRUN = os.path.join(os.path.dirname(sys.executable), "torchrun")
-TINY = ["--model", "DiT-T/2", "--text", "tiny-t5", "--precision", "fp32", "--workers", "0", "--warmup", "1"]
+# the recipes' arch is lumos; these stages are pixart's, which PixArtAlphaPipeline loads (the export checks)
+TINY = ["--model", "DiT-T/2", "--arch", "pixart", "--text", "tiny-t5", "--precision", "fp32", "--workers", "0",
+        "--warmup", "1"]
 BUCKETED = "tiny-vae-512-pixart"
 STEPS = 12  # the 512 px stage: 1.5 epochs of 8 steps
 

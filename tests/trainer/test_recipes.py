@@ -36,6 +36,7 @@ def test_the_shipped_recipes_hold_the_papers_numbers_each_commented():
         assert (settings["steps"], settings["lr"], settings["batch_size"], settings["global_batch"]) == \
             (steps, lr, batch, global_batch), name
         assert settings["model"] == "DiT-XL/2" and settings["grad_checkpointing"] is True
+        assert settings["arch"] == "lumos"  # official Lumos' DiT (issue 16)
         assert (settings["weight_decay"], settings["warmup"], settings["cond_dropout"]) == (0.03, 1000, 0.1)
         assert (settings["eps"], settings["grad_clip"], settings["ema"]) == (1e-10, 0.01, 0.9999)  # PixArt-α's
         assert settings["mode"] == name.split("-")[0]
@@ -55,7 +56,7 @@ def test_a_recipe_with_overrides_trains_and_the_run_records_the_resolved_config(
     assert code == 0, lines
     train = json.loads((run / "config.json").read_text())["train"]
     assert train["recipe"] == "t2i-256"
-    assert train["model"] == {"size": "DiT-T/2", "precision": "fp32", "grad_checkpointing": True,  # recipe + flags
+    assert train["model"] == {"size": "DiT-T/2", "arch": "lumos", "precision": "fp32", "grad_checkpointing": True,  # recipe + flags
                               "compile": False, "micro_conditions": False}
     assert (train["optim"]["lr"], train["optim"]["steps"], train["optim"]["warmup"]) == (1.6e-4, 2, 1)
     assert (train["data"]["caption"], train["data"]["caption_mix"], train["data"]["global_batch"]) == ("mix", 0.5, 8)
