@@ -9,7 +9,6 @@ official preprocessing) and recorded as lumos-encode would record them, so that 
 
 from __future__ import annotations
 
-import hashlib
 import os
 from dataclasses import asdict
 
@@ -22,14 +21,6 @@ from lumos.floor.errors import UserError
 err_console = Console(stderr=True)
 app = new_app(__doc__)
 IGNORED = ("versions", "images")  # as the trainer's provenance
-
-
-def _sha256(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 24):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def convert(checkpoint: str, output: str, latents: str = "sd-vae", condition: str = "dino-b", resolution: int = 256,
@@ -87,7 +78,7 @@ def convert(checkpoint: str, output: str, latents: str = "sd-vae", condition: st
                              None if mode == "i2i" else features.len_column(name))
     record = {"train": config.sections(), "provenance": provenance, "world_size": 1, "columns": asdict(columns),
               "scaling_factor": float(provenance["latents"].get("scaling_factor", 0.18215)),
-              "converted_from": {"path": os.path.abspath(checkpoint), "sha256": _sha256(checkpoint),
+              "converted_from": {"path": os.path.abspath(checkpoint), "sha256": ckpt.sha256(checkpoint),
                                  "layout": "official Lumos (ant-research/lumos)"}}
     optimizer = torch.optim.AdamW(model.parameters())
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0)

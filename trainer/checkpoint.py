@@ -88,7 +88,7 @@ def write_main_state(path: str, model, ema, optimizer, scheduler, scaler, step: 
         _fsync(os.path.join(path, name))
 
 
-def _sha256(path: str) -> str:
+def sha256(path: str) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         while chunk := f.read(1 << 24):
@@ -99,7 +99,7 @@ def _sha256(path: str) -> str:
 def write_manifest(path: str) -> None:
     """Rank 0, last into the staging folder (every rank's files are there): each file's size and sha256.
     Hashing re-reads the checkpoint from the page cache (~1 s a GB): cheap next to the steps between saves."""
-    files = {name: {"size": os.path.getsize(os.path.join(path, name)), "sha256": _sha256(os.path.join(path, name))}
+    files = {name: {"size": os.path.getsize(os.path.join(path, name)), "sha256": sha256(os.path.join(path, name))}
              for name in sorted(os.listdir(path)) if name != MANIFEST}
     file = os.path.join(path, MANIFEST)
     with open(file, "w") as f:
@@ -144,7 +144,7 @@ def damage(path: str) -> str | None:
             what = "empty" if found == 0 else "truncated" if found < size else "longer than written"
             return f"{name} is {what} ({found} bytes, {size} written)"
     for name, (_, sha) in written.items():
-        if _sha256(os.path.join(path, name)) != sha:
+        if sha256(os.path.join(path, name)) != sha:
             return f"{name} does not match its sha256 in {MANIFEST}"
     return None
 
