@@ -50,6 +50,8 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=256 if cuda else 4)
     p.add_argument("--precision", default="fp16" if cuda else "fp32", choices=["fp16", "bf16", "fp32"])
     p.add_argument("--steps", type=int, default=30 if cuda else 6, help="timed steps (after 3 warm-up steps)")
+    p.add_argument("--arch", default="pixart", choices=["pixart", "lumos"],
+                   help="lumos-train --arch (lumos: per-block adaLN, 8 output channels, the hybrid loss)")
     p.add_argument("--grad-checkpointing", action="store_true")
     p.add_argument("--compile", action="store_true", help="torch.compile the DiT (lumos-train --compile)")
     p.add_argument("--workers", type=int, default=4 if cuda else 0)
@@ -62,7 +64,7 @@ def main() -> None:
         data = i2i_features_table(os.path.join(tmp, "features.lance"), rows)
         config = TrainConfig.of(mode="i2i", data=data, output=os.path.join(tmp, "run"), model=args.model,
                                 batch_size=args.batch, precision=args.precision, workers=args.workers,
-                                grad_checkpointing=args.grad_checkpointing, compile=args.compile,
+                                grad_checkpointing=args.grad_checkpointing, compile=args.compile, arch=args.arch,
                                 steps=args.steps + 3)
         run = Run(config, say=lambda *_: None)
         dev = run.device
@@ -91,10 +93,11 @@ def main() -> None:
 
     step = stepped / args.steps
     images_s = args.batch / (step + waited / args.steps)
+    # the pixart layout's count; lumos' per-block adaLN and 8 output channels add < 0.2% (on t_emb, one token)
     flops = train_flops(args.model, 32, 4, 1, 768)
     name = torch.cuda.get_device_name(dev) if cuda else "cpu"
     peak = peak_of(name) if cuda else None
-    print(f"device {name}; {args.model} 256 px (latents 4x32x32), batch {args.batch}, {args.precision}, "
+    print(f"device {name}; {args.model} --arch {args.arch}, 256 px (latents 4x32x32), batch {args.batch}, {args.precision}, "
           f"grad checkpointing {'on' if args.grad_checkpointing else 'off'}, compile {'on' if args.compile else 'off'}")
     print(f"images/s per device  {images_s:10.1f}")
     print(f"step ms              {1000 * step:10.1f}  (forward+backward {1000 * (step - update):.1f}, "
