@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from lumos.trainer.data import mapped_state, shuffled, unmapped_state
+from lumos.trainer.data import mapped_state, positions_writer, shuffled, unmapped_state
 
 
 class BucketOrder:
@@ -115,10 +115,7 @@ def write_grouped_positions(ds, bits: np.ndarray, column: str, count: int, path:
     counts = np.zeros(count, np.int64)
     for _, b in usable_buckets():
         counts += np.bincount(b, minlength=count)
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "wb") as f:
-        np.lib.format.write_array_header_1_0(f, {"descr": np.lib.format.dtype_to_descr(np.dtype("<i8")),
-                                                 "fortran_order": False, "shape": (int(counts.sum()),)})
+    with positions_writer(path, int(counts.sum())) as f:
         header = f.tell()
         f.truncate(header + 8 * int(counts.sum()))
         cursor = header + 8 * np.concatenate([[0], np.cumsum(counts)[:-1]])
@@ -130,9 +127,6 @@ def write_grouped_positions(ds, bits: np.ndarray, column: str, count: int, path:
                 part = grouped_p[edges[bucket]:edges[bucket + 1]]
                 os.pwrite(f.fileno(), part.tobytes(), int(cursor[bucket]))
                 cursor[bucket] += 8 * len(part)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
     return counts
 
 

@@ -18,6 +18,7 @@ resuming at step k only needs k.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import json
@@ -143,12 +144,20 @@ def _write_positions(bits: np.ndarray, path: str) -> None:
     """The usable positions as a .npy file, written without holding them (count first, then chunks), then
     renamed into place: a reader sees the whole file or none."""
     count = sum(int(np.unpackbits(bits[s:s + _PACK // 8]).sum()) for s in range(0, len(bits), _PACK // 8))
+    with positions_writer(path, count) as f:
+        for chunk in _positions_in(bits):
+            f.write(chunk.astype("<i8", copy=False).tobytes())
+
+
+@contextlib.contextmanager
+def positions_writer(path: str, count: int):
+    """A positions file of `count` int64 being written: the open file, just past the .npy header; flushed,
+    synced and renamed into place at the end, so that a reader sees the whole file or none."""
     tmp = f"{path}.tmp-{os.getpid()}"
     with open(tmp, "wb") as f:
         np.lib.format.write_array_header_1_0(f, {"descr": np.lib.format.dtype_to_descr(np.dtype("<i8")),
                                                  "fortran_order": False, "shape": (count,)})
-        for chunk in _positions_in(bits):
-            f.write(chunk.astype("<i8", copy=False).tobytes())
+        yield f
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
@@ -377,8 +386,9 @@ def read_captions(ds, positions: np.ndarray, long: np.ndarray, columns: FeatureC
     return out, mask
 
 
-def read_fixed(table, name: str, ds) -> torch.Tensor:
-    shape = features.shape_of(ds.schema.field(name))
+def read_fixed(table, name: str, ds, shape: tuple | None = None) -> torch.Tensor:
+    """A tensor column as (N, *shape) fp16; `shape` None: the field's (bucketed latents pass their bucket's)."""
+    shape = shape or features.shape_of(ds.schema.field(name))
     values = table[name].combine_chunks().flatten().to_numpy(zero_copy_only=False)
     with warnings.catch_warnings():  # read-only Arrow memory, wrapped without a copy: the trainer only reads it
         warnings.simplefilter("ignore", UserWarning)
@@ -392,10 +402,7 @@ def read_latents(table, name: str, columns: FeatureColumns, ds) -> torch.Tensor:
     buckets = np.unique(table[columns.bucket].to_numpy(zero_copy_only=False))
     if len(buckets) != 1:
         raise ValueError(f"a batch of bucketed latents spans buckets {buckets.tolist()}")
-    values = table[name].combine_chunks().flatten().to_numpy(zero_copy_only=False)
-    with warnings.catch_warnings():  # read-only Arrow memory, wrapped without a copy
-        warnings.simplefilter("ignore", UserWarning)
-        return torch.from_numpy(values.reshape(table.num_rows, *columns.bucket_shapes[int(buckets[0])]))
+    return read_fixed(table, name, ds, tuple(columns.bucket_shapes[int(buckets[0])]))
 
 
 def as_tokens(cond: torch.Tensor) -> torch.Tensor:

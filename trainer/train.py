@@ -264,7 +264,7 @@ class Run:
         self.optimizer.zero_grad(set_to_none=True)
         total = weight.sum().clamp(min=1.0)  # the step's loss is the mean over all its rows, as one batch's
         loss = torch.zeros((), device=dev)
-        vlb = torch.zeros((), device=dev)
+        vlb = torch.zeros((), device=dev) if c.model.arch == "lumos" else None
         starts = range(0, n, c.data.batch_size)
         channels = x0.shape[1]
         for k, start in enumerate(starts):
@@ -322,7 +322,7 @@ class Run:
             records = open(path, "a")
         data = self.loader()
         bar = tqdm(total=c.optim.steps, initial=self.step, disable=not main, unit="step", dynamic_ncols=True)
-        started, waited, window = time.perf_counter(), 0.0, []
+        started, waited, window, bounds = time.perf_counter(), 0.0, [], []
         while self.step < c.optim.steps:
             t0 = time.perf_counter()
             batch = next(data)
@@ -330,24 +330,26 @@ class Run:
             assert batch["step"] == self.step, (batch["step"], self.step)  # the data position is the step
             loss = self.train_step(batch)
             self.step += 1
-            window.append(torch.stack([loss, self.last_vlb]))  # the loss and, under --arch lumos, its VLB part
+            window.append(loss)
+            if self.last_vlb is not None:  # --arch lumos: the loss's VLB part
+                bounds.append(self.last_vlb)
             if records:
                 records.write(json.dumps({"step": self.step, "epoch": batch["epoch"],
                                           "ids": [i for i, w in zip(batch["ids"], batch["weight"]) if w > 0]}) + "\n")
             if self.step % c.checkpoint.log_every == 0 or self.step == c.optim.steps:
-                mean_loss = torch.stack(window).mean(0)  # a device sync, once a log interval
-                if self.world > 1:
+                mean_loss = torch.stack([torch.stack(window).mean(), *([torch.stack(bounds).mean()] if bounds else [])])
+                if self.world > 1:  # a device sync, once a log interval
                     torch.distributed.all_reduce(mean_loss)
                     mean_loss /= self.world
                 elapsed = time.perf_counter() - started
-                vlb = {"vlb": float(mean_loss[1])} if c.model.arch == "lumos" else {}
+                vlb = {"vlb": float(mean_loss[1])} if bounds else {}
                 row = {"step": self.step, "loss": float(mean_loss[0]), **vlb, "lr": self.scheduler.get_last_lr()[0],
                        "steps_per_s": len(window) / elapsed, "samples_per_s": len(window) * c.data.batch_size * self.accumulation * self.world / elapsed,
                        "data_wait": waited / elapsed, "epoch": batch["epoch"]}
                 log.write(row)
                 bar.set_postfix(loss=f"{row['loss']:.4f}", sps=f"{row['samples_per_s']:.0f}",
                                 wait=f"{row['data_wait']:.0%}")
-                started, waited, window = time.perf_counter(), 0.0, []
+                started, waited, window, bounds = time.perf_counter(), 0.0, [], []
             bar.update(1)
             if self.step % c.checkpoint.save_every == 0 or self.step == c.optim.steps:
                 self.save()
