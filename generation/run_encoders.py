@@ -33,7 +33,8 @@ def rebuild(record: dict, role: str, device: torch.device | str = "cpu"):
     config = EncoderConfig(name=name, resolution=int(record.get("resolution", 256)),
                            weights=record.get("weights_path"), precision=COMPUTE.get(record.get("compute_dtype"), "fp32"),
                            tokens=record.get("tokens", "cls"), buckets=record.get("buckets", "none"),
-                           preprocess=record.get("preprocess", "resize256"))  # dino-b: unnamed before official
+                           preprocess=record.get("preprocess", "resize256"),  # dino-b: unnamed before official
+                           clean_captions=record.get("clean_captions", "none"))  # T5: unnamed when off
     try:
         encoder = config.build()
     except UserError as err:

@@ -49,6 +49,11 @@ def encode(
                                         "bilinear, center crop 224: official Lumos', what the released model saw) "
                                         "or resize256 (short side to 256, bicubic, center 224: timm's, this "
                                         "tool's before). Recorded in the provenance; other encoders ignore it."),
+    clean_captions: str = typer.Option("official", help="T5 encoders: official (each caption and long caption "
+                                       "cleaned as official Lumos / PixArt-α before tokenising: lower-cased, URLs, "
+                                       "HTML, @mentions, file names and shop boilerplate dropped; a caption left "
+                                       "empty counts as none) or none (as written). Recorded in the provenance; "
+                                       "lumos-sample cleans prompts the same way. Other encoders ignore it."),
     gpus_per_actor: float = typer.Option(1.0, help="GPUs each encoder actor takes; below 1 packs several actors "
                                          "on one GPU (e.g. 0.5 for dino-b). The cluster's GPUs are split evenly "
                                          "between the encoders of one command, each with its own actors."),
@@ -72,7 +77,7 @@ def encode(
                 raise UserError(f"unknown encoder {name!r}; choose from {', '.join(ENCODERS)}")
         configs = [EncoderConfig(name, resolution, weights, precision=precision, tokens=tokens,
                                  buckets=buckets if name in LATENT_ENCODERS else "none",
-                                 preprocess=dino_preprocess) for name in encoder]
+                                 preprocess=dino_preprocess, clean_captions=clean_captions) for name in encoder]
         for c in configs:
             c.build()  # an unknown name or option fails here
         stats = run_encode(input, output, configs, device, batch_size, gpus_per_actor, say=err_console.print,

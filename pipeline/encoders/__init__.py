@@ -27,6 +27,7 @@ class EncoderConfig:
     tokens: str = "cls"  # ViT encoders: cls | patch | all | top119
     buckets: str = "none"  # latent encoders: none (center square) | pixart (aspect-ratio bins)
     preprocess: str = "official"  # dino-b: official (resize 224 bilinear, crop 224) | resize256 (bicubic, crop 224)
+    clean_captions: str = "official"  # T5 encoders: official (Lumos / PixArt-α's clean_caption) | none
 
     @property
     def stored_name(self) -> str:
@@ -87,7 +88,8 @@ def _dino(timm_name):
 
 
 def _t5(hub_id):
-    return lambda name, o: T5Encoder(name, o.weights, o.random_weights, o.precision, hub_id=hub_id)
+    return lambda name, o: T5Encoder(name, o.weights, o.random_weights, o.precision, hub_id=hub_id,
+                                     clean_captions=o.clean_captions)
 
 
 ENCODERS = {
@@ -112,7 +114,8 @@ ENCODERS = {
                                             resize=round(min(224, o.resolution) * 256 / 224)),
     "tiny-clip": lambda name, o: ClipEncoder(name, None, False, o.precision, tokens=o.tokens, model_name="tiny",
                                              dim=64, patch_size=16),
-    "tiny-t5": lambda name, o: T5Encoder(name, None, False, o.precision, hub_id=None),
+    "tiny-t5": lambda name, o: T5Encoder(name, None, False, o.precision, hub_id=None,
+                                         clean_captions=o.clean_captions),
 }
 # Their features' names carry the resolution and the bucketing (schemas/features.py latents_name).
 LATENT_ENCODERS = ("sd-vae", "sd-vae-ema", "pixels", "tiny-vae")

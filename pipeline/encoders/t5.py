@@ -1,6 +1,7 @@
 """T5 text encoders for the T2I stage: Flan-T5-XXL (the paper's) and T5 v1.1 XXL (official code's).
 
-Captions (and long captions) from the images table, at most 120 tokens (EOS included), encoded in fp32 or
+Captions (and long captions) from the images table, cleaned as official Lumos by default (captions.py; a
+caption that cleans to nothing counts as no caption), at most 120 tokens (EOS included), encoded in fp32 or
 bf16 (never fp16: T5 overflows to NaN) and checked for NaN/inf. Only the valid token vectors are stored,
 fp16, with the length: padded, a caption would cost 120 × 4096 × 2 = 983 KB.
 """
@@ -14,8 +15,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from lumos.floor.errors import UserError
 from lumos.floor.model_loading import quiet_loading
 from lumos.pipeline.encoders.base import Encoder, missing_weights
+from lumos.pipeline.encoders.captions import cleaner
 from lumos.schemas import features
 from lumos.schemas import images as cols
 
@@ -35,7 +38,11 @@ class T5Encoder(Encoder):
     hub_id: str | None = "google/flan-t5-xxl"  # None: the seeded tiny test model
     arch: dict | None = None  # the T5 config built with random weights (default T5_XXL; tests pass small ones)
     max_tokens: int = MAX_TOKENS
+    clean_captions: str = "none"  # official | none (captions.py); the registry passes lumos-encode's choice
     _tokenizer: object = field(default=None, init=False, repr=False)
+
+    def __post_init__(self):
+        self.clean = cleaner(self.clean_captions)  # an unknown mode, or official's libraries missing: one line
 
     @property
     def config(self) -> dict:
@@ -83,9 +90,14 @@ class T5Encoder(Encoder):
 
     def encode_texts(self, texts: list[str]) -> list[np.ndarray | None]:
         """In-process, for samplers: captions → per caption its valid tokens (len, D) fp16 (None: not finite),
-        tokenized and computed exactly as the encode job does."""
+        cleaned, tokenized and computed exactly as the encode job does."""
         import torch
 
+        texts = [self.clean(t) for t in texts]
+        for t in texts:
+            if not t.strip():
+                raise UserError(f"a prompt is empty after caption cleaning ({self.clean_captions}, as the run's "
+                                "features were made): say what the image shows in words")
         ids, lengths = self.tokenize(texts)
         return self.forward(torch.from_numpy(ids.astype(np.int64)).to(self.device),
                             torch.from_numpy(lengths.astype(np.int64)).to(self.device))
@@ -93,7 +105,7 @@ class T5Encoder(Encoder):
     def prepare(self, batch: pa.Table) -> pa.Table:
         """Captions → in-flight token ids and counts (the caption columns stay: other encoders may read them)."""
         for caption, _, _ in self.captions():
-            texts = batch[caption].to_pylist()
+            texts = [t and self.clean(t) for t in batch[caption].to_pylist()]
             ok = np.array([bool(t and t.strip()) for t in texts])
             ids = np.zeros((len(texts), self.max_tokens), np.int32)
             lengths = np.zeros(len(texts), np.int32)
@@ -184,7 +196,9 @@ class T5Encoder(Encoder):
     def describe(self) -> dict:
         return {"weights": self.hub_id or "tiny-t5 (seeded random test model)",
                 "tokenizer": "byt5 (bytes)" if self.hub_id is None or self.random_weights else self.hub_id,
-                "max_tokens": self.max_tokens, "captions": self.inputs(), "stored": "valid tokens and length"}
+                "max_tokens": self.max_tokens, "captions": self.inputs(), "stored": "valid tokens and length",
+                # named when on: tables made before the option (uncleaned) have no such key
+                **({"clean_captions": self.clean_captions} if self.clean_captions != "none" else {})}
 
 
 def token_lists(rows: list[np.ndarray | None], dim: int) -> pa.LargeListArray:

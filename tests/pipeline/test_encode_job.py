@@ -122,7 +122,7 @@ def _text_reference(images_uri, name, ids):
     tokenizer = encoder.tokenizer()
     out = {}
     for row in _rows(images_uri, ids, [cols.CAPTION]):
-        tok = tokenizer([row[cols.CAPTION]], max_length=120, padding="max_length", truncation=True,
+        tok = tokenizer([encoder.clean(row[cols.CAPTION])], max_length=120, padding="max_length", truncation=True,
                         return_tensors="pt")
         hidden = encoder.model(**tok).last_hidden_state[0]  # (120, D)
         n = int(tok["attention_mask"].sum())
