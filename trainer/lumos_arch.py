@@ -11,8 +11,9 @@ PixArt blocks with three changes that the released weights need:
 - **Learned variance.** 2 × C output channels: ε, then the variance interpolation v in [-1, 1] between β_t
   and the posterior's β̃_t (IDDPM's learned range), trained by the hybrid loss (trainer/diffusion.py).
 - **Initialisation as DiT/PixArt's `initialize_weights`.** Xavier-uniform linears with zero biases, the patch
-  projection as a linear, the timestep and caption MLPs N(0, 0.02), and zeros for every block's modulation,
-  the cross-attention output projections and the final linear: each block starts as the identity.
+  projection as a linear, the timestep (and micro-condition) and caption MLPs N(0, 0.02), and zeros for every
+  block's modulation, the cross-attention output projections and the final linear: each block starts as the
+  identity.
 
 The unconditional input is a fixed random buffer of the condition's shape (official `y_embedding`: one token
 for the I2I CLS, 120 for T2I, attended under the caption's own mask), not a learned token.
@@ -77,9 +78,11 @@ def initialize_as_official(transformer: nn.Module) -> None:
     patch = transformer.pos_embed.proj.weight
     nn.init.xavier_uniform_(patch.view(patch.shape[0], -1))
     nn.init.zeros_(transformer.pos_embed.proj.bias)
-    embedder = transformer.adaln_single.emb.timestep_embedder
-    for linear in (embedder.linear_1, embedder.linear_2, transformer.caption_projection.linear_1,
-                   transformer.caption_projection.linear_2):
+    emb = transformer.adaln_single.emb
+    embedders = [emb.timestep_embedder, *((emb.resolution_embedder, emb.aspect_ratio_embedder)
+                                          if emb.use_additional_conditions else ())]  # LumosT2IMS: size, ratio too
+    for linear in (*(e.linear_1 for e in embedders), *(e.linear_2 for e in embedders),
+                   transformer.caption_projection.linear_1, transformer.caption_projection.linear_2):
         nn.init.normal_(linear.weight, std=0.02)
     zeroed = [*transformer.adaln_single.linear.blocks, transformer.proj_out,
               *(block.attn2.to_out[0] for block in transformer.transformer_blocks)]

@@ -1,11 +1,13 @@
-"""Official Lumos checkpoints (ant-research/lumos `LumosI2I` / `LumosT2I`, e.g. the released `Lumos_I2I.pth`)
-in our `--arch lumos` model's names.
+"""Official Lumos checkpoints (ant-research/lumos `LumosI2I`, `LumosT2I` and the 1024-px multi-scale
+`LumosT2IMS`, e.g. the released `Lumos_I2I.pth`) in our `--arch lumos` model's names.
 
 | official key | ours (`LumosDiT`, --arch lumos) |
 |---|---|
 | `x_embedder.proj.{weight,bias}` | `transformer.pos_embed.proj.*` |
 | `pos_embed` (a fixed sin-cos buffer) | not stored: computed for each size |
 | `t_embedder.mlp.0.*`, `t_embedder.mlp.2.*` | `transformer.adaln_single.emb.timestep_embedder.linear_1.*`, `linear_2.*` |
+| `csize_embedder.mlp.0.*`, `mlp.2.*` (multi-scale) | `transformer.adaln_single.emb.resolution_embedder.linear_1.*`, `linear_2.*` |
+| `ar_embedder.mlp.0.*`, `mlp.2.*` (multi-scale) | `transformer.adaln_single.emb.aspect_ratio_embedder.linear_1.*`, `linear_2.*` |
 | `y_embedder.y_proj.fc1.*`, `fc2.*` | `transformer.caption_projection.linear_1.*`, `linear_2.*` |
 | `y_embedder.y_embedding` (the fixed null) | `null` |
 | `blocks.i.attn.qkv.*` (rows: q, k, v) | `transformer.transformer_blocks.i.attn1.to_q.*`, `to_k.*`, `to_v.*` |
@@ -34,6 +36,11 @@ _WHOLE = {
     "x_embedder.proj": "transformer.pos_embed.proj",
     "t_embedder.mlp.0": "transformer.adaln_single.emb.timestep_embedder.linear_1",
     "t_embedder.mlp.2": "transformer.adaln_single.emb.timestep_embedder.linear_2",
+    # LumosT2IMS's micro-conditions (PixArt-α's SizeEmbedder: the same sinusoid and MLP as diffusers' embedders)
+    "csize_embedder.mlp.0": "transformer.adaln_single.emb.resolution_embedder.linear_1",
+    "csize_embedder.mlp.2": "transformer.adaln_single.emb.resolution_embedder.linear_2",
+    "ar_embedder.mlp.0": "transformer.adaln_single.emb.aspect_ratio_embedder.linear_1",
+    "ar_embedder.mlp.2": "transformer.adaln_single.emb.aspect_ratio_embedder.linear_2",
     "y_embedder.y_proj.fc1": "transformer.caption_projection.linear_1",
     "y_embedder.y_proj.fc2": "transformer.caption_projection.linear_2",
     "final_layer.linear": "transformer.proj_out",
@@ -75,7 +82,8 @@ def to_ours(official: dict, own: dict) -> dict:
             out[target] = value
     for name, value in out.items():
         if name not in own:
-            raise UserError(f"{name}: our model has no such weight (more blocks in the checkpoint: another size?)")
+            raise UserError(f"{name}: our model has no such weight (more blocks in the checkpoint: another size? "
+                            "size embedders: a multi-scale model, which needs --micro-conditions?)")
         if tuple(own[name].shape) != tuple(value.shape):
             raise UserError(f"{name}: shape {tuple(value.shape)} in the checkpoint, {tuple(own[name].shape)} in our "
                             "model (another size, latent or condition width?)")
@@ -102,5 +110,4 @@ def _target(key: str) -> str | list[str]:
         if inner in _BLOCK:
             prefix, target = f"transformer.transformer_blocks.{index}.", _BLOCK[inner]
             return [f"{prefix}{t}.{leaf}" for t in target] if isinstance(target, list) else f"{prefix}{target}.{leaf}"
-    raise UserError(f"official key {key}: not mapped (an official model of another kind, e.g. the multi-scale "
-                    "T2I's size embedders?)")
+    raise UserError(f"official key {key}: not mapped (an official model of another kind?)")

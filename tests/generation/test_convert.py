@@ -52,3 +52,37 @@ def test_an_official_checkpoint_converts_samples_and_starts_a_t2i_run(feature_ta
     (tmp_path / "x.pth").write_bytes(b"not a checkpoint")
     code, lines = _convert("--checkpoint", str(tmp_path / "x.pth"), "--output", str(tmp_path / "x"))
     assert code == 2 and len(lines) == 1 and "not a PyTorch checkpoint" in lines[0], lines
+
+
+def test_a_multi_scale_t2i_checkpoint_converts_to_a_bucketed_run_that_samples(tmp_path):
+    """Official LumosT2IMS's layout (size and aspect-ratio embedders, a 120-token null, 1024-px latents with
+    lewei_scale 2): converted to a --micro-conditions run on PixArt's 1024 bins that gives the reference's
+    outputs at a non-square bin and samples through lumos-sample t2i."""
+    from lumos.generation import sample_cli
+
+    ref = _reference(latent=128, d=48, caption=32, tokens=120, sizes=True, lewei_scale=2.0)  # tiny-t5's 32-d
+    pth = tmp_path / "Lumos_T2I_MS.pth"
+    torch.save(ref.state_dict(), pth)
+    run = tmp_path / "converted-ms"
+    code, lines = _convert("--checkpoint", str(pth), "--output", str(run), "--latents", "tiny-vae",
+                           "--condition", "tiny-t5")
+    assert code == 0 and "DiT-T3/2, t2i, multi-scale" in lines[-1], lines
+    trained = load_trained(str(run))
+    assert trained.settings["micro_conditions"] and trained.latent_shape == (4, 128, 128)
+    assert trained.config["provenance"]["latents"]["buckets"] == "pixart" and trained.downsample == 8
+    assert trained.config["provenance"]["condition"]["clean_captions"] == "official"
+    x, t = torch.randn(2, 4, 16, 24), torch.tensor([3, 700])
+    cond, mask = torch.randn(2, 5, 32), torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]])
+    hw, ar = torch.tensor([[128.0, 192.0]] * 2), torch.tensor([[16 / 24]] * 2)
+    with torch.no_grad():
+        want = ref(x, t, cond, mask, hw=hw, ar=ar)
+        assert (trained.model(x, t, cond, mask) - want).abs().max() <= 1e-5 * want.abs().max()
+    out = tmp_path / "ms.png"
+    result = CliRunner().invoke(sample_cli.app, ["t2i", "--checkpoint", str(run), "--prompt", "A <b>Red</b> Fox",
+                                                 "--steps", "2", "--height", "512", "--width", "1024", "--output",
+                                                 str(out), "--device", "cpu"])
+    assert result.exit_code == 0, (result.output, result.exception)
+    assert "sampling at the nearest bin, 704 × 1408 px" in result.stderr and out.exists()
+    code, lines = _convert("--checkpoint", str(pth), "--output", str(tmp_path / "ms-256"), "--latents", "tiny-vae",
+                           "--condition", "tiny-t5", "--resolution", "256")
+    assert code == 2 and len(lines) == 1 and "a 1024-px multi-scale model" in lines[0], lines

@@ -60,17 +60,34 @@ class RefBlock(nn.Module):
         return x + gate_mlp[:, None] * self.mlp.fc2(F.gelu(self.mlp.fc1(h), approximate="tanh"))
 
 
+def _frequencies(values: torch.Tensor) -> torch.Tensor:
+    """Official TimestepEmbedder.timestep_embedding with 256 channels: [cos, sin] of the value × 10000^(-i/128)."""
+    half = 128
+    freqs = torch.exp(-math.log(10000) * torch.arange(half) / half)
+    args = values.reshape(-1)[:, None].float() * freqs[None]
+    return torch.cat([args.cos(), args.sin()], dim=1)
+
+
 class Reference(nn.Module):
     """Official LumosI2I's equations with its module names: x_embedder, t_embedder, y_embedder, blocks,
-    final_layer; out channels 2 × C (ε, variance)."""
+    final_layer; out channels 2 × C (ε, variance). `sizes`: LumosT2IMS's csize_embedder and ar_embedder
+    (PixArt-α's SizeEmbedder, hidden / 3 each per value), added to the timestep embedding. The position
+    table is official get_2d_sincos_pos_embed's for each input's grid, at `base_size` and `lewei_scale`."""
 
-    def __init__(self, latent=8, channels=4, d=64, heads=2, depth=2, caption=16, tokens=1, patch=2):
+    def __init__(self, latent=8, channels=4, d=64, heads=2, depth=2, caption=16, tokens=1, patch=2, sizes=False,
+                 lewei_scale=1.0):
         super().__init__()
-        self.patch, self.out = patch, 2 * channels
+        self.patch, self.out, self.d = patch, 2 * channels, d
+        self.base_size, self.lewei_scale = latent // patch, lewei_scale
         self.x_embedder = nn.Module()
         self.x_embedder.proj = nn.Conv2d(channels, d, patch, patch)
         self.t_embedder = nn.Module()
         self.t_embedder.mlp = nn.Sequential(nn.Linear(256, d), nn.SiLU(), nn.Linear(d, d))
+        if sizes:
+            for name in ("csize_embedder", "ar_embedder"):
+                embedder = nn.Module()
+                embedder.mlp = nn.Sequential(nn.Linear(256, d // 3), nn.SiLU(), nn.Linear(d // 3, d // 3))
+                setattr(self, name, embedder)
         self.y_embedder = nn.Module()
         self.y_embedder.y_proj = nn.Module()
         self.y_embedder.y_proj.fc1, self.y_embedder.y_proj.fc2 = nn.Linear(caption, d), nn.Linear(d, d)
@@ -80,17 +97,23 @@ class Reference(nn.Module):
         self.final_layer.norm_final = nn.LayerNorm(d, elementwise_affine=False, eps=1e-6)
         self.final_layer.linear = nn.Linear(d, patch * patch * self.out)
         self.final_layer.scale_shift_table = nn.Parameter(torch.randn(2, d) / d ** 0.5)
-        g = latent // patch  # the fixed sin-cos table: half for the column, half for the row, as official
-        rows, cols = torch.meshgrid(torch.arange(g), torch.arange(g), indexing="ij")
-        self.register_buffer("pos_embed", torch.cat([_sincos(d // 2, cols), _sincos(d // 2, rows)], 1).float()[None])
+        self.register_buffer("pos_embed", self._positions(self.base_size, self.base_size)[None])  # as official
 
-    def forward(self, x, t, y, y_mask=None, drop=False):
+    def _positions(self, gh: int, gw: int) -> torch.Tensor:
+        """Half the width for the column, half for the row; coordinates scaled to base_size / lewei_scale."""
+        rows = torch.arange(gh, dtype=torch.float64) / (gh / self.base_size) / self.lewei_scale
+        cols = torch.arange(gw, dtype=torch.float64) / (gw / self.base_size) / self.lewei_scale
+        rows, cols = torch.meshgrid(rows, cols, indexing="ij")
+        return torch.cat([_sincos(self.d // 2, cols), _sincos(self.d // 2, rows)], 1).float()
+
+    def forward(self, x, t, y, y_mask=None, drop=False, hw=None, ar=None):
         n, _, hh, ww = x.shape
-        h = self.x_embedder.proj(x).flatten(2).transpose(1, 2) + self.pos_embed
-        half = 128
-        freqs = torch.exp(-math.log(10000) * torch.arange(half) / half)
-        args = t[:, None].float() * freqs[None]
-        temb = self.t_embedder.mlp(torch.cat([args.cos(), args.sin()], dim=1))
+        p = self.patch
+        h = self.x_embedder.proj(x).flatten(2).transpose(1, 2) + self._positions(hh // p, ww // p)[None]
+        temb = self.t_embedder.mlp(_frequencies(t))
+        if hw is not None:  # LumosT2IMS: t + cat(csize(h), csize(w), ar)
+            csize = self.csize_embedder.mlp(_frequencies(hw)).reshape(n, -1)
+            temb = temb + torch.cat([csize, self.ar_embedder.mlp(_frequencies(ar)).reshape(n, -1)], dim=1)
         if drop:
             y = self.y_embedder.y_embedding[None].expand(n, -1, -1)
         y = self.y_embedder.y_proj.fc2(F.gelu(self.y_embedder.y_proj.fc1(y), approximate="tanh"))
@@ -98,8 +121,7 @@ class Reference(nn.Module):
             h = block(h, y, temb, y_mask)
         shift, scale = (self.final_layer.scale_shift_table[None] + temb[:, None]).chunk(2, dim=1)
         h = self.final_layer.linear(self.final_layer.norm_final(h) * (1 + scale) + shift)
-        p, g = self.patch, hh // self.patch
-        h = h.reshape(n, g, ww // p, p, p, self.out)
+        h = h.reshape(n, hh // p, ww // p, p, p, self.out)
         return torch.einsum("nhwpqc->nchpwq", h).reshape(n, self.out, hh, ww)
 
 
@@ -142,12 +164,32 @@ def test_a_t2i_checkpoint_with_masked_captions_converts_too():
         assert (ours(x, t, cond, mask) - want).abs().max() <= 1e-5 * want.abs().max()
 
 
+def test_a_multi_scale_checkpoint_converts_with_its_size_embedders():
+    """LumosT2IMS: csize_embedder / ar_embedder onto our --micro-conditions embedders, compared on a
+    non-square input (so the position table's per-grid scaling is compared too)."""
+    ref = _reference(d=48, caption=32, tokens=6, sizes=True)
+    ours = LumosDiT("DiT-T3/2", 8, 4, 32, arch="lumos", null_tokens=6, micro_conditions=True, downsample=8)
+    ours.load_state_dict(to_ours(ref.state_dict(), ours.state_dict()))
+    ours.eval()
+    x, t, cond = torch.randn(2, 4, 8, 12), torch.tensor([7, 900]), torch.randn(2, 6, 32)
+    mask = torch.tensor([[1, 1, 0, 0, 0, 0], [1, 1, 1, 1, 1, 1]])
+    hw, ar = torch.tensor([[64.0, 96.0]] * 2), torch.tensor([[8 / 12]] * 2)  # what our model computes from x
+    with torch.no_grad():
+        want = ref(x, t, cond, mask, hw=hw, ar=ar)
+        assert (ours(x, t, cond, mask) - want).abs().max() <= 1e-5 * want.abs().max()
+        other = ref(x, t, cond, mask, hw=hw * 2, ar=ar)
+        assert (other - want).abs().max() > 1e-3 * want.abs().max()  # the size matters: the check can fail
+    without = LumosDiT("DiT-T3/2", 8, 4, 32, arch="lumos", null_tokens=6).state_dict()
+    with pytest.raises(UserError, match="resolution_embedder.linear_1.weight: our model has no such weight"):
+        to_ours(ref.state_dict(), without)
+
+
 def test_an_unmapped_key_and_a_wrong_shape_fail_in_one_line():
     state = _reference().state_dict()
     own = LumosDiT("DiT-T/2", 8, 4, 16, arch="lumos").state_dict()
     with pytest.raises(UserError) as unmapped:
-        to_ours({**state, "csize_embedder.mlp.0.weight": torch.zeros(1)}, own)
-    assert "\n" not in str(unmapped.value) and "official key csize_embedder.mlp.0.weight: not mapped" in str(unmapped.value)
+        to_ours({**state, "pe_embedder.mlp.0.weight": torch.zeros(1)}, own)
+    assert "\n" not in str(unmapped.value) and "official key pe_embedder.mlp.0.weight: not mapped" in str(unmapped.value)
     wrong = dict(state)
     wrong["y_embedder.y_proj.fc1.weight"] = torch.zeros(64, 768)  # a 768-d condition into a 16-d model
     with pytest.raises(UserError) as shape:
