@@ -123,6 +123,6 @@ LATENT_ENCODERS = ("sd-vae", "sd-vae-ema", "pixels", "tiny-vae")
 # byte tokens, so that stored bytes a token are measured at the real size on a CPU.
 BENCH_ENCODERS = {
     "bench-t5-4096": lambda name, o: T5Encoder(name, None, True, o.precision, hub_id="bench",
-                                               arch={**T5_XXL, "num_layers": 1}),
+                                               arch={**T5_XXL, "num_layers": 1}, clean_captions=o.clean_captions),
 }
 
