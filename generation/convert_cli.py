@@ -124,9 +124,10 @@ def main(checkpoint: str = typer.Option(..., help="The official checkpoint file 
                                                  "(official: t5-v1_1-xxl, captions cleaned). Default: the "
                                                  "official one, t5-v1_1-xxl for a checkpoint whose null has 120 "
                                                  "tokens, else dino-b."),
-         resolution: Optional[int] = typer.Option(None, help="The latents' resolution. Default: 256 (the released "
-                                                  "I2I and T2I models), 1024 for the multi-scale LumosT2IMS, whose "
-                                                  "latents are PixArt's 1024 aspect-ratio bins (sd-vae-1024-pixart)."),
+         resolution: Optional[int] = typer.Option(None, help="The latents' resolution. Default: 256 (LumosI2I, "
+                                                  "LumosT2I), 1024 for the multi-scale LumosT2IMS (the released "
+                                                  "Lumos_T2I.pth), whose latents are PixArt's 1024 aspect-ratio bins "
+                                                  "(sd-vae-1024-pixart)."),
          version: bool = VERSION):
     """Convert an official Lumos checkpoint into a lumos-train run folder (--arch lumos)."""
     try:
