@@ -44,7 +44,7 @@ def test_help_reads_whole_at_80_columns(name, argv):
 
 def test_each_training_mode_lists_only_its_own_options():
     i2i, t2i = (_invoke(train, [mode, "--help"]).output for mode in ("i2i", "t2i"))
-    assert "--condition" in i2i and not any(f in i2i for f in ("--text ", "--caption", "--init"))
+    assert all(f in i2i for f in ("--condition", "--init")) and not any(f in i2i for f in ("--text ", "--caption"))
     assert all(f in t2i for f in ("--text ", "--caption", "--init")) and "--condition" not in t2i
 
 

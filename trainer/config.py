@@ -74,7 +74,8 @@ class OptimConfig:
 @dataclass
 class CheckpointConfig:
     output: str = option("", "The run folder: checkpoints/, metrics.jsonl, loss.png.")
-    init: str | None = option(None, "An I2I run or checkpoint to start from.", modes=T2I)
+    init: str | None = option(None, "A run or checkpoint to start from: T2I from an I2I run, a stage from the one "
+                              "before, a converted official model (lumos-convert).")
     save_every: int = option(1000, "Checkpoint every N steps (and at the end).")
     keep: int = option(3, "Newest checkpoints kept.")
     log_every: int = option(10, "Write metrics.jsonl every N steps.")
@@ -145,7 +146,6 @@ class TrainConfig:
             (d.condition_tokens in features.TOKEN_SETS,
              f"--condition-tokens {d.condition_tokens}: expected one of {', '.join(features.TOKEN_SETS)}"),
             (self.mode == "i2i" or d.condition_tokens == "cls", "--condition-tokens is for i2i"),
-            (not (self.mode == "i2i" and k.init), "--init is for t2i (fine-tuning an I2I run)"),
             (o.steps >= 1, f"--steps {o.steps}: must be >= 1"),
             (d.batch_size >= 1, f"--batch-size {d.batch_size}: must be >= 1"),
             (d.global_batch is None or d.global_batch >= d.batch_size,

@@ -209,9 +209,16 @@ class Run:
         if path is None:
             raise UserError(f"--init {init}: no checkpoint there")
         source = ckpt.read_config(path)
-        then, now = (_same_vae(p["latents"]) for p in (source["provenance"], self.provenance))
-        if then != now:
-            raise UserError(f"--init {init} was trained on other latents than --data ({_differs(then, now)})")
+        arch = flat_record(source["train"]).get("arch", DEFAULTS["arch"])
+        if arch != self.config.model.arch:  # the other model's weights would hardly fit: a fresh model, silently
+            raise UserError(f"--init {init} is an --arch {arch} run; pass --arch {arch} (or a recipe's --config)")
+        for role in ("latents", "condition"):
+            then, now = (_same_meaning(p[role], role) for p in (source["provenance"], self.provenance))
+            if role == "condition" and then.get("encoder") != now.get("encoder"):
+                continue  # another condition (I2I → T2I): its projection starts fresh where the shapes differ
+            if then != now:
+                what = "latents" if role == "latents" else f"{now.get('encoder')} features"
+                raise UserError(f"--init {init} was trained on other {what} than --data ({_differs(then, now)})")
         weights, own = ckpt.read_weights(path, "ema"), self.model.state_dict()
         fits = {k: v for k, v in weights.items() if k in own and own[k].shape == v.shape}
         self.model.load_state_dict(fits, strict=False)
@@ -472,9 +479,17 @@ def _image_condition(c: TrainConfig, record: dict, meta: dict) -> str:
     return features.tokens_column(c.data.condition)
 
 
-def _same_vae(record: dict) -> dict:
-    """A latents record less what a new resolution or bucketing changes (progressive training keeps the VAE)."""
-    return {k: v for k, v in record.items() if k not in ("resolution", "shapes", "crop", "buckets", "bucket_shapes")}
+# What a run started with --init may change in its features: the latents' resolution and bucketing (progressive
+# stages), the condition's token set (its null and projection are re-initialised where the shapes differ), and
+# either's compute dtype (bf16 or fp32 encodes of one model: no other meaning). The encoder, its weights and how it
+# saw its input (crop, DINO transform, caption cleaning) must stay: the loaded weights were trained on those.
+INIT_MAY_CHANGE = {"latents": ("resolution", "shapes", "crop", "buckets", "bucket_shapes", "compute_dtype"),
+                   "condition": ("shapes", "tokens", "compute_dtype")}
+
+
+def _same_meaning(record: dict, role: str) -> dict:
+    """A features record less what an --init run may change (INIT_MAY_CHANGE)."""
+    return {k: v for k, v in record.items() if k not in INIT_MAY_CHANGE[role]}
 
 
 def _same_provenance(saved: dict, now: dict, where: str) -> None:

@@ -1,7 +1,8 @@
 """Caption cleaning as official Lumos (issue 16, item 4): `lumos-encode --clean-captions official|none`, official
 by default for T5 encoders, recorded in the provenance, applied to captions and long captions by the encode
 job and to prompts by the sampler (rebuilt from the provenance), with the real libraries (diffusers' rules,
-beautifulsoup4, ftfy, ByT5 tokens of tiny-t5)."""
+beautifulsoup4, ftfy, ByT5 tokens of tiny-t5); a T2I run started from a model trained on cleaned captions (as a
+converted official one is) refuses uncleaned ones."""
 
 import json
 import sys
@@ -17,6 +18,7 @@ from lumos.pipeline.encode_job import EncoderConfig, run_encode, stats_file
 from lumos.pipeline.encoders.captions import cleaner
 from lumos.schemas import features
 from lumos.schemas import images as cols
+from lumos.trainer.train import TrainConfig, run_training
 
 # (caption, what official Lumos' T5Embedder tokenises), written out by hand from PixArt-α / DeepFloyd's rules
 CASES = [
@@ -71,8 +73,9 @@ def test_encode_job_cleans_captions_and_long_captions_and_records_it(tmp_path, r
     say = lambda *_: None  # noqa: E731
 
     official, plain = str(tmp_path / "official.lance"), str(tmp_path / "none.lance")
-    run_encode(images, official, [EncoderConfig("tiny-t5")], batch_size=4, say=say)
-    run_encode(images, plain, [EncoderConfig("tiny-t5", clean_captions="none")], batch_size=4, say=say)
+    latents = EncoderConfig("tiny-vae", resolution=64)  # for the training runs at the end
+    run_encode(images, official, [EncoderConfig("tiny-t5"), latents], batch_size=4, say=say)
+    run_encode(images, plain, [EncoderConfig("tiny-t5", clean_captions="none"), latents], batch_size=4, say=say)
     got, raw = _stored(official, "tiny-t5"), _stored(plain, "tiny-t5")
     length, long_length = features.len_column("tiny-t5"), features.long_len_column("tiny-t5")
     # tiny-t5's tokens are the caption's UTF-8 bytes plus EOS: the stored length says which text was encoded
@@ -107,3 +110,14 @@ def test_encode_job_cleans_captions_and_long_captions_and_records_it(tmp_path, r
         condition(["IMG_1234.jpg"])
     uncleaned_tokens, uncleaned_mask = TextCondition(record(plain))(["A Cat"])
     assert int(uncleaned_mask.sum()) == len("A Cat".encode()) + 1
+
+    # a run trained on cleaned captions, fine-tuned (--init) on uncleaned ones: refused in one line
+    run = dict(mode="t2i", model="DiT-T/2", arch="lumos", latents="tiny-vae-64", text="tiny-t5", precision="fp32",
+               batch_size=2, steps=1, workers=0, warmup=1)
+    run_training(TrainConfig.of(data=official, output=str(tmp_path / "cleaned"), **run), say=say)
+    with pytest.raises(UserError) as refused:
+        run_training(TrainConfig.of(data=plain, output=str(tmp_path / "tuned"), init=str(tmp_path / "cleaned"),
+                                    **run), say=say)
+    assert "\n" not in str(refused.value)
+    assert "was trained on other tiny-t5 features than --data (differs in: clean_captions: 'official' then, None now)" \
+        in str(refused.value)

@@ -1,6 +1,8 @@
 """dino-b's transform (issue 16, acceptance 4): by default official Lumos' (short side to 224 bilinear, center
 crop 224, ImageNet normalisation), compared pixel for pixel on a non-square photograph; the earlier one
-(resize 256 bicubic) kept as `resize256`; features made with one are refused by a run asking for the other."""
+(resize 256 bicubic) kept as `resize256`; features made with one are refused by a run asking for the other:
+an encode into a table that holds them, and a training run started (--init) from a model trained on the other's
+features (as a converted official run is)."""
 
 import numpy as np
 import pytest
@@ -9,6 +11,7 @@ from PIL import Image
 from lumos.curation.sample import photo
 from lumos.floor.errors import UserError
 from lumos.pipeline.encode_job import EncoderConfig, run_encode
+from lumos.trainer.train import TrainConfig, run_training
 
 MEAN, STD = np.array([0.485, 0.456, 0.406]), np.array([0.229, 0.224, 0.225])
 
@@ -44,10 +47,25 @@ def test_features_made_with_the_old_crop_are_refused_in_one_line(tmp_path, ray_s
 
     images = _images(str(tmp_path / "images.lance"), count=2, per_fragment=2)
     out = str(tmp_path / "f.lance")
-    run_encode(images, out, [EncoderConfig("dino-b", random_weights=True, preprocess="resize256")], batch_size=2,
-               say=lambda *_: None)
+    run_encode(images, out, [EncoderConfig("dino-b", random_weights=True, preprocess="resize256"),
+                             EncoderConfig("tiny-vae")], batch_size=2, say=lambda *_: None)
     with pytest.raises(UserError) as refused:
         run_encode(images, out, [EncoderConfig("dino-b", random_weights=True)], say=lambda *_: None)
     message = str(refused.value)
     assert "\n" not in message and "already holds dino-b features made differently" in message
     assert "crop: 'resize 256, center 224' then, 'resize 224, center 224' now" in message
+
+    # a model trained on official-crop features (here bf16 latents: the compute dtype is no reason to refuse)
+    new = str(tmp_path / "new.lance")
+    run_encode(images, new, [EncoderConfig("dino-b", random_weights=True), EncoderConfig("tiny-vae", precision="bf16")],
+               batch_size=2, say=lambda *_: None)
+    run = dict(mode="i2i", model="DiT-T/2", arch="lumos", latents="tiny-vae", condition="dino-b", precision="fp32",
+               batch_size=2, steps=1, workers=0, warmup=1)
+    run_training(TrainConfig.of(data=new, output=str(tmp_path / "official"), **run), say=lambda *_: None)
+    with pytest.raises(UserError) as refused:  # fine-tuning it on the old crop's features
+        run_training(TrainConfig.of(data=out, output=str(tmp_path / "tuned"), init=str(tmp_path / "official"), **run),
+                     say=lambda *_: None)
+    message = str(refused.value)
+    assert "\n" not in message and "was trained on other dino-b features than --data" in message, message
+    assert "crop: 'resize 224, center 224' then, 'resize 256, center 224' now" in message
+    assert "compute_dtype" not in message
