@@ -7,12 +7,14 @@ import json
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 from typer.testing import CliRunner
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "trainer"))
 from test_official_weights import _reference  # noqa: E402
 
+from lumos.floor.errors import UserError  # noqa: E402
 from lumos.generation.convert_cli import app  # noqa: E402
 from lumos.generation.sampler import load_trained  # noqa: E402
 from lumos.trainer.train import TrainConfig, run_training  # noqa: E402
@@ -46,6 +48,10 @@ def test_an_official_checkpoint_converts_samples_and_starts_a_t2i_run(feature_ta
                                 steps=2, workers=0, warmup=1, init=str(run)), say=said.append)
     reinit = next(line for line in said if line.startswith("--init: re-initialised"))
     assert reinit.endswith("null, transformer.caption_projection.linear_1.weight"), reinit  # I2I → T2I parts only
+    with pytest.raises(UserError, match=f"--init {run} is an --arch lumos run; pass --arch lumos"):  # not a fresh model
+        run_training(TrainConfig.of(mode="t2i", data=feature_table, output=str(tmp_path / "pixart"), model="DiT-T/2",
+                                    arch="pixart", latents="tiny-vae", text="tiny-t5", precision="fp32", batch_size=4,
+                                    steps=2, workers=0, warmup=1, init=str(run)), say=said.append)
     code, lines = _convert("--checkpoint", str(pth), "--output", str(tmp_path / "again"), "--latents", "tiny-vae",
                            "--condition", "tiny-t5")
     assert code == 2 and len(lines) == 1 and "--condition tiny-t5" in lines[0], lines
