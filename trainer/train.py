@@ -204,7 +204,9 @@ class Run:
         shape fit is loaded (the EMA weights); the rest stay freshly initialised and are named: from I2I, the
         caption projection (768 → 4096 input) and the null token. The position embedding is no weight (a
         sin-cos table of the latent size, with PixArt's interpolation scale, max(latent size / 64, 1)), so
-        a 256-px run starts a 512- or 1024-px one whole; the latents must come from the same VAE."""
+        a 256-px run starts a 512- or 1024-px one whole. The run must be of the same --arch, the latents must come
+        from the same VAE and a condition from the same encoder made the same way (INIT_MAY_CHANGE says what may
+        differ): the loaded weights were trained on those features."""
         path = ckpt.latest(init)
         if path is None:
             raise UserError(f"--init {init}: no checkpoint there")
