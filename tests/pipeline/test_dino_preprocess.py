@@ -6,11 +6,13 @@ features (as a converted official run is)."""
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from lumos.curation.sample import photo
 from lumos.floor.errors import UserError
 from lumos.pipeline.encode_job import EncoderConfig, run_encode
+from lumos.trainer import checkpoint as ckpt
 from lumos.trainer.train import TrainConfig, run_training
 
 MEAN, STD = np.array([0.485, 0.456, 0.406]), np.array([0.229, 0.224, 0.225])
@@ -69,3 +71,14 @@ def test_features_made_with_the_old_crop_are_refused_in_one_line(tmp_path, ray_s
     assert "\n" not in message and "was trained on other dino-b features than --data" in message, message
     assert "crop: 'resize 224, center 224' then, 'resize 256, center 224' now" in message
     assert "compute_dtype" not in message
+
+    # on features made its way, the I2I run starts from every one of its weights: another seed (a fresh model would
+    # differ), lr 1e-30 (one step leaves the loaded weights, zeros moved by at most 1e-30)
+    said = []
+    run_training(TrainConfig.of(data=new, output=str(tmp_path / "tuned-ok"), init=str(tmp_path / "official"),
+                                seed=1, **{**run, "lr": 1e-30, "weight_decay": 0.0}), say=said.append)
+    assert not [line for line in said if line.startswith("--init: re-initialised")], said
+    source = ckpt.read_weights(ckpt.latest(str(tmp_path / "official")), "ema")
+    loaded = ckpt.read_weights(ckpt.latest(str(tmp_path / "tuned-ok")), "model")
+    assert sorted(source) == sorted(loaded)
+    assert all(torch.allclose(loaded[k], source[k], rtol=0, atol=1e-20) for k in loaded)
